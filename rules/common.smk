@@ -1,0 +1,173 @@
+# Shared by every rule file: configuration validation, wildcard constraints and the path layout.
+# Every artifact path of the pipeline is built here, so rules, tests and docs agree on one layout.
+
+import json
+
+from snakemake.utils import validate
+
+from sedlib.config import splits_with_role, validate_config
+
+# Validated at DAG build time; validate() fills the schema's defaults into `config`.
+validate(config, schema="../sedlib/schemas/config.schema.yaml")
+validate_config(config, source="workflow configuration")  # cross-field checks (same schema + semantics)
+
+SEDLIB = "python -m sedlib"
+R = "results"
+
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9]+",
+    split="[A-Za-z0-9_]+",
+    member="[A-Za-z0-9]+",
+    model="[A-Za-z0-9_]+",
+    iteration="[0-9]+",
+    stage="[12]",
+    archive="[A-Za-z0-9_.-]+",
+
+
+def as_json(obj):
+    """Stable JSON text of obj, for params (a change in it re-runs the rule)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+# ----------------------------------------------------------------------------- data
+def dataset_cfg(dataset):
+    return config["datasets"][dataset]
+
+
+def split_cfg(dataset, split):
+    return config["datasets"][dataset]["splits"][split]
+
+
+def all_splits():
+    return splits_with_role(config, "synthetic", "strong_real", "weak", "unlabeled", "validation", "test", "pretrain")
+
+
+def raw_root(dataset):
+    """Folder the split paths of `dataset` are relative to."""
+    ds = dataset_cfg(dataset)
+    return f"{R}/data/{dataset}/raw" if ds["source"] == "synthetic" else ds["root"]
+
+
+def raw_ready(dataset):
+    """Files whose existence means the raw data of `dataset` is complete (synthetic / downloaded)."""
+    ds = dataset_cfg(dataset)
+    if ds["source"] == "synthetic":
+        return [f"{R}/data/{dataset}/raw/manifest.json"]
+    if ds["source"] == "download":
+        return [f"{R}/data/{dataset}/downloads/{a['name']}.done" for a in ds["archives"]]
+    return []
+
+
+def resampled_dir(dataset, split):
+    return f"{R}/data/{dataset}/{split}/audio_16k"
+
+
+def durations_file(dataset, split):
+    """Written last by `resample`: its existence marks the split's 16 kHz audio as complete."""
+    return f"{R}/data/{dataset}/{split}/durations.tsv"
+
+
+def metadata_file(dataset, split):
+    """Validated metadata of a labelled split (DESED TSV format)."""
+    return f"{R}/data/{dataset}/{split}/metadata.tsv"
+
+
+def weak_part_file(dataset, split, part):
+    """Seeded partition of a weak split: part is 'train' or 'val'."""
+    return f"{R}/data/{dataset}/{split}/weak_{part}.tsv"
+
+
+# ----------------------------------------------------------------------------- features and backbone
+def feature_dir(dataset, split):
+    """crnn_mel.npy (N, n_mels, frames), atst_mel.npy (N, 64, frames), index.tsv."""
+    return f"{R}/features/{dataset}/{split}"
+
+
+def feature_files(dataset, split):
+    d = feature_dir(dataset, split)
+    return {"crnn": f"{d}/crnn_mel.npy", "atst": f"{d}/atst_mel.npy", "index": f"{d}/index.tsv"}
+
+
+def backbone_file():
+    """Backbone weights used by every model: pretrained here (embedded) or fetched (real data)."""
+    return f"{R}/backbone/backbone.pt"
+
+
+def embedding_file(dataset, split):
+    """Frozen backbone frame embeddings (N, D, 250) float16 of a split, for stage 1."""
+    return f"{R}/embeddings/{dataset}/{split}.npy"
+
+
+def training_splits():
+    """(dataset, split) pairs that training reads: the four batch groups and the validation splits."""
+    return splits_with_role(config, "synthetic", "strong_real", "weak", "unlabeled", "validation")
+
+
+def train_group_splits():
+    """(dataset, split) pairs of the four batch groups (those that get pseudo-labels)."""
+    return splits_with_role(config, "synthetic", "strong_real", "weak", "unlabeled")
+
+
+def weak_splits():
+    return splits_with_role(config, "weak")
+
+
+# ----------------------------------------------------------------------------- training
+def member_cfg(member):
+    for m in config["training"]["members"]:
+        if m["name"] == member:
+            return m
+    raise ValueError(f"training.members has no member named '{member}'")
+
+
+def iterations():
+    return list(range(1, config["training"]["iterations"] + 1))
+
+
+def member_names():
+    return [m["name"] for m in config["training"]["members"]]
+
+
+def stage_dir(iteration, stage, member):
+    """model.pt (exported best: student + teacher), last.ckpt, metrics.csv."""
+    return f"{R}/iter{iteration}/stage{stage}/{member}"
+
+
+def model_file(iteration, stage, member):
+    return f"{stage_dir(iteration, stage, member)}/model.pt"
+
+
+# ----------------------------------------------------------------------------- pseudo-labels
+def member_logits_file(iteration, member, dataset, split):
+    return f"{R}/iter{iteration}/pseudo_labels/{member}/{dataset}/{split}.h5"
+
+
+def pseudo_label_file(iteration, dataset, split):
+    """Ensemble soft pseudo-labels of iteration `iteration` (consumed by iteration + 1)."""
+    return f"{R}/iter{iteration}/pseudo_labels/ensemble/{dataset}/{split}.h5"
+
+
+# ----------------------------------------------------------------------------- evaluation
+def eval_splits():
+    return [tuple(ref.split("/")) for ref in config["evaluation"]["splits"]]
+
+
+def eval_model_names():
+    """Model names scored in every iteration: '{member}_{teacher|student}' and 'ensemble'."""
+    which = config["evaluation"]["models"]
+    roles = ["teacher", "student"] if which == "teacher_and_student" else [which]
+    return [f"{m}_{r}" for m in member_names() for r in roles] + ["ensemble"]
+
+
+def score_dir(iteration, model, dataset, split):
+    """sed_scores_eval score tables, one TSV per clip (onset, offset, one column per class)."""
+    return f"{R}/iter{iteration}/scores/{model}/{dataset}/{split}"
+
+
+def log_file(rule_name, *parts):
+    return f"{R}/logs/{rule_name}/{'/'.join(parts) or 'all'}.log"
+
+
+def benchmark_file(rule_name, *parts):
+    return f"{R}/benchmarks/{rule_name}/{'/'.join(parts) or 'all'}.tsv"

@@ -1,0 +1,3 @@
+from sedlib.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""Workflow configuration: loading, JSON-schema validation with defaults, and cross-field checks.
+
+The same schema (``sedlib/schemas/config.schema.yaml``) is applied by the Snakefile at DAG build time and
+by :func:`load_config` for library and CLI use, so both see identical, default-filled configurations.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
+TRAIN_ROLES = ("strong_real", "synthetic", "weak", "unlabeled")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and what was expected."""
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _validator_with_defaults():
+    base = jsonschema.Draft202012Validator
+
+    def set_defaults(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, subschema)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults})
+
+
+def validate_config(config: dict, source: str = "config") -> dict:
+    """Validate ``config`` in place against the schema, fill defaults, run cross-field checks; return it."""
+    validator = _validator_with_defaults()(schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"{source}: field '{'.'.join(map(str, e.absolute_path)) or '<root>'}': {e.message}" for e in errors]
+        raise ConfigError("invalid configuration\n  " + "\n  ".join(lines))
+    _check_cross_fields(config, source)
+    return config
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML configuration file and validate it (defaults filled)."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(config).__name__}")
+    return validate_config(config, source=str(path))
+
+
+def _check_cross_fields(config: dict, source: str) -> None:
+    def fail(field: str, message: str) -> None:
+        raise ConfigError(f"{source}: field '{field}': {message}")
+
+    for name, fe in config["frontends"].items():
+        if fe["f_max"] > fe["sample_rate"] / 2:
+            fail(f"frontends.{name}.f_max", f"must be <= sample_rate/2 = {fe['sample_rate'] / 2} Hz")
+        if fe["win_length"] > fe["n_fft"]:
+            fail(f"frontends.{name}.win_length", "must be <= n_fft")
+        if fe["sample_rate"] != config["audio"]["sample_rate"]:
+            fail(f"frontends.{name}.sample_rate", f"must equal audio.sample_rate ({config['audio']['sample_rate']})")
+    crnn = config["model"]["crnn"]
+    if len(crnn["pooling"]) != len(crnn["filters"]):
+        fail("model.crnn.pooling", f"needs one [time, freq] pair per conv block ({len(crnn['filters'])})")
+    backbone = config["model"]["backbone"]
+    if backbone["embed_dim"] % backbone["num_heads"]:
+        fail("model.backbone.embed_dim", "must be divisible by num_heads")
+    if backbone["source"] == "checkpoint" and not backbone.get("checkpoint"):
+        fail("model.backbone.checkpoint", "required when source is 'checkpoint' (path, or url + sha256)")
+    for ds_name, ds in config["datasets"].items():
+        if ds["source"] in ("download", "local") and not ds.get("root"):
+            fail(f"datasets.{ds_name}.root", f"required for source '{ds['source']}'")
+        if ds["source"] == "download" and not ds.get("archives"):
+            fail(f"datasets.{ds_name}.archives", "required for source 'download'")
+        for split_name, split in ds["splits"].items():
+            if split["labels"] != "none" and not split.get("metadata"):
+                fail(f"datasets.{ds_name}.splits.{split_name}.metadata", f"required for labels '{split['labels']}'")
+    n_classes = {len(ds["classes"]) for ds in config["datasets"].values()}
+    evaluation = config["evaluation"]
+    for ref in evaluation["splits"]:
+        ds_name, split_name = ref.split("/")
+        split = config["datasets"].get(ds_name, {}).get("splits", {}).get(split_name)
+        if split is None:
+            fail("evaluation.splits", f"'{ref}' names no configured dataset/split")
+        if split["labels"] != "strong":
+            fail("evaluation.splits", f"'{ref}' must have strong labels to be scored")
+    if len(evaluation["median_window"]) not in n_classes:
+        fail("evaluation.median_window", f"needs one window per class ({sorted(n_classes)})")
+    names = [m["name"] for m in config["training"]["members"]]
+    if len(set(names)) != len(names):
+        fail("training.members", f"member names must be unique, got {names}")
+
+
+def section_json(config: dict, *keys: str) -> str:
+    """The JSON text of ``config[k1][k2]...`` with sorted keys: a stable value for Snakemake ``params``."""
+    node: Any = config
+    for key in keys:
+        node = node[key]
+    return json.dumps(node, sort_keys=True, separators=(",", ":"))
+
+
+def splits_with_role(config: dict, *roles: str) -> list[tuple[str, str]]:
+    """(dataset, split) pairs whose role is one of ``roles``, in configuration order."""
+    return [
+        (ds_name, split_name)
+        for ds_name, ds in config["datasets"].items()
+        for split_name, split in ds["splits"].items()
+        if split["role"] in roles
+    ]

@@ -1,0 +1,1 @@
+"""Models: ATST-Frame backbone, ATST-SED CRNN, checkpoint loading, long-audio windowing."""
