@@ -11,7 +11,8 @@ from sedlib.config import splits_with_role, validate_config
 validate(config, schema="../sedlib/schemas/config.schema.yaml")
 validate_config(config, source="workflow configuration")  # cross-field checks (same schema + semantics)
 
-SEDLIB = "python -m sedlib"
+# The workflow folder on PYTHONPATH: `python -m sedlib` works in the project venv and in the --sdm conda env alike.
+SEDLIB = f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} python -m sedlib"
 R = "results"
 
 
@@ -163,6 +164,25 @@ def eval_model_names():
 def score_dir(iteration, model, dataset, split):
     """sed_scores_eval score tables, one TSV per clip (onset, offset, one column per class)."""
     return f"{R}/iter{iteration}/scores/{model}/{dataset}/{split}"
+
+
+def eval_logits_file(iteration, model, dataset, split):
+    """Exact pre-sigmoid logits behind score_dir (sedlib.pseudo.store format); the ensemble averages these."""
+    return f"{R}/iter{iteration}/eval_logits/{model}/{dataset}/{split}.h5"
+
+
+def eval_json():
+    return f"{R}/eval_psds.json"
+
+
+def eval_roc_file():
+    """Every PSD-ROC curve of eval_json(), for the plots."""
+    return f"{R}/eval_psd_roc.h5"
+
+
+def plot_file(name):
+    """Figures and tables of the report: 'psd_roc_comparison.png', 'psd_roc/iter{i}/{model}.png', ..."""
+    return f"{R}/plots/{name}"
 
 
 def log_file(rule_name, *parts):

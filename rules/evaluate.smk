@@ -1,1 +1,153 @@
-# (being written)
+# Evaluation (docs/evaluation.md): every stage-2 network of every iteration and the ensemble of each iteration
+# score every evaluation split; `evaluate` computes PSDS1/PSDS2 (+ CIs, per class, F1, psds_eval cross-check)
+# into results/eval_psds.json; `plot` draws the PSD-ROC curves, activity plots and the metrics table that
+# `snakemake --report results/report.html` collects (report() flags below).
+
+
+def _member_of(model):
+    """'{member}_{teacher|student}' -> (member, network)."""
+    member, network = model.rsplit("_", 1)
+    return member, network
+
+
+rule score_model:
+    input:
+        model=lambda w: model_file(w.iteration, 2, _member_of(w.model)[0]),
+        durations=lambda w: durations_file(w.dataset, w.split),
+    output:
+        logits=eval_logits_file("{iteration}", "{model}", "{dataset}", "{split}"),
+        scores=directory(score_dir("{iteration}", "{model}", "{dataset}", "{split}")),
+    wildcard_constraints:
+        model="|".join(f"{m}_(teacher|student)" for m in member_names()),
+    params:
+        cfg=as_json({k: config["evaluation"][k] for k in ("window_seconds", "hop_seconds")}),
+        audio=lambda w: resampled_dir(w.dataset, w.split),
+        which=lambda w: _member_of(w.model)[1],
+        device=config["training"]["accelerator"],
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    log:
+        log_file("score_model", "iter{iteration}", "{model}", "{dataset}", "{split}"),
+    benchmark:
+        benchmark_file("score_model", "iter{iteration}", "{model}", "{dataset}", "{split}")
+    shell:
+        "{SEDLIB} score --model-file {input.model} --which {params.which} --audio-dir {params.audio}"
+        " --durations {input.durations} --config-json {params.cfg:q} --iteration {wildcards.iteration}"
+        " --logits-out {output.logits} --scores-out {output.scores} --device {params.device} --threads {threads}"
+        " > {log} 2>&1"
+
+
+rule score_ensemble:
+    input:
+        members=lambda w: [eval_logits_file(w.iteration, f"{m}_teacher", w.dataset, w.split) for m in member_names()],
+        durations=lambda w: durations_file(w.dataset, w.split),
+    output:
+        logits=eval_logits_file("{iteration}", "ensemble", "{dataset}", "{split}"),
+        scores=directory(score_dir("{iteration}", "ensemble", "{dataset}", "{split}")),
+    params:
+        cfg=as_json({"average": config["pseudo_labels"]["average"]}),
+    threads: 1
+    resources:
+        mem_mb=4000,
+    log:
+        log_file("score_ensemble", "iter{iteration}", "{dataset}", "{split}"),
+    benchmark:
+        benchmark_file("score_ensemble", "iter{iteration}", "{dataset}", "{split}")
+    shell:
+        "{SEDLIB} score --member-logits {input.members} --durations {input.durations} --config-json {params.cfg:q}"
+        " --iteration {wildcards.iteration} --logits-out {output.logits} --scores-out {output.scores} > {log} 2>&1"
+
+
+def _evaluated():
+    """(iteration, model, dataset, split) of every score folder that eval_psds.json reports, in report order."""
+    return [(i, m, d, s) for i in iterations() for m in eval_model_names() for d, s in eval_splits()]
+
+
+rule evaluate:
+    input:
+        scores=[score_dir(*key) for key in _evaluated()],
+        truth=[f for d, s in eval_splits() for f in (metadata_file(d, s), durations_file(d, s))],
+    output:
+        json=report(eval_json(), caption="../docs/report/eval_psds.rst", category="Metrics"),
+        rocs=eval_roc_file(),
+    params:
+        cfg=as_json(config),
+        inputs=as_json(
+            {
+                "splits": {
+                    f"{d}/{s}": {"metadata": metadata_file(d, s), "durations": durations_file(d, s)}
+                    for d, s in eval_splits()
+                },
+                "scores": [
+                    {"iteration": i, "model": m, "split": f"{d}/{s}", "dir": score_dir(i, m, d, s)}
+                    for i, m, d, s in _evaluated()
+                ],
+            }
+        ),
+    threads: 2
+    resources:
+        mem_mb=8000,
+    log:
+        log_file("evaluate"),
+    benchmark:
+        benchmark_file("evaluate")
+    shell:
+        "{SEDLIB} evaluate --config-json {params.cfg:q} --inputs-json {params.inputs:q} --out {output.json}"
+        " --roc-out {output.rocs} --jobs {threads} > {log} 2>&1"
+
+
+def _activity_source():
+    """The activity plots show the last iteration's ensemble on the first evaluation split."""
+    dataset, split = eval_splits()[0]
+    return iterations()[-1], dataset, split
+
+
+rule plot:
+    input:
+        json=eval_json(),
+        rocs=eval_roc_file(),
+        scores=score_dir(_activity_source()[0], "ensemble", *_activity_source()[1:]),
+        metadata=metadata_file(*_activity_source()[1:]),
+        durations=durations_file(*_activity_source()[1:]),
+    output:
+        comparison=report(
+            plot_file("psd_roc_comparison.png"), caption="../docs/report/psd_roc_comparison.rst", category="PSD-ROC"
+        ),
+        models=[
+            report(
+                plot_file(f"psd_roc/iter{i}/{m}.png"),
+                caption="../docs/report/psd_roc_model.rst",
+                category="PSD-ROC",
+                subcategory=f"iteration {i}",
+                labels={"iteration": str(i), "model": m},
+            )
+            for i in iterations()
+            for m in eval_model_names()
+        ],
+        activity=[
+            report(
+                plot_file(f"activity/{k:02d}.png"),
+                caption="../docs/report/activity.rst",
+                category="Activity",
+                labels={"plot": f"{k:02d}"},
+            )
+            for k in range(config["evaluation"]["activity_plots"])
+        ],
+        table=report(plot_file("metrics_table.html"), caption="../docs/report/metrics_table.rst", category="Metrics"),
+    params:
+        cfg=as_json({k: config["evaluation"][k] for k in ("median_window", "f1")}),
+        model_dir=plot_file("psd_roc"),
+    threads: 1
+    resources:
+        mem_mb=4000,
+    log:
+        log_file("plot"),
+    benchmark:
+        benchmark_file("plot")
+    shell:
+        "{SEDLIB} plot --eval-json {input.json} --roc-file {input.rocs} --comparison-out {output.comparison}"
+        " --model-plot-dir {params.model_dir} --table-out {output.table} --activity-scores {input.scores}"
+        " --activity-metadata {input.metadata} --activity-durations {input.durations}"
+        " --activity-out {output.activity} --config-json {params.cfg:q} > {log} 2>&1"

@@ -105,6 +105,8 @@ def _check_cross_fields(config: dict, source: str) -> None:
     names = [m["name"] for m in config["training"]["members"]]
     if len(set(names)) != len(names):
         fail("training.members", f"member names must be unique, got {names}")
+    if "ensemble" in names:
+        fail("training.members", "'ensemble' is reserved (results/iter{i}/pseudo_labels/ensemble/ holds the averages)")
 
 
 def section_json(config: dict, *keys: str) -> str:

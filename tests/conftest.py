@@ -1,11 +1,14 @@
 """Shared test fixtures: repository paths and the real reference data in ../shared/data."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# What `snakemake` needs to run the workflow from another folder (results then land in that folder).
+WORKFLOW_PARTS = ("Snakefile", "rules", "envs", "workflow_config.yaml", "docs")
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +22,45 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         raise FileNotFoundError(f"reference data expected at {SHARED_DATA} (shared/ beside the checkout)")
     return SHARED_DATA
+
+
+def _copy_workflow(dest: Path) -> Path:
+    """Make ``dest`` a runnable copy of the workflow and return it: its files copied, the sedlib package linked.
+
+    The rules put the workflow folder on PYTHONPATH, so ``python -m sedlib`` in a job imports the linked
+    package (this checkout's code) and the Snakefile finds the config schema under sedlib/schemas.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in WORKFLOW_PARTS:
+        src, dst = REPO / part, dest / part
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    (dest / "sedlib").symlink_to(REPO / "sedlib", target_is_directory=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def copy_workflow():
+    """Function ``dest -> dest`` that copies the workflow into ``dest`` (never run snakemake in the repo)."""
+    return _copy_workflow
+
+
+@pytest.fixture(scope="session")
+def random_model_file(tmp_path_factory) -> Path:
+    """model.pt of the embedded config's CRNN + ATST-Frame, randomly initialised (seeded), student != teacher."""
+    import torch
+
+    from sedlib.config import load_config
+    from sedlib.models import build_sed_model
+    from sedlib.models.checkpoint import save_sed_model
+
+    config = load_config(REPO / "workflow_config.yaml")
+    classes = config["datasets"]["desed"]["classes"]
+    torch.manual_seed(0)
+    student, teacher = build_sed_model(config, len(classes)), build_sed_model(config, len(classes))
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_sed_model(path, student, teacher, config, classes, {"test": "random initialisation"})
+    return path

@@ -1,1 +1,40 @@
 """Models: ATST-Frame backbone, ATST-SED CRNN, checkpoint loading, long-audio windowing."""
+
+from __future__ import annotations
+
+from sedlib.models.atst_frame import ATSTFrame
+from sedlib.models.crnn import CRNN, SEDOutput
+
+__all__ = ["ATSTFrame", "CRNN", "SEDOutput", "build_backbone", "build_sed_model"]
+
+
+def build_backbone(model_cfg: dict, frontends_cfg: dict) -> ATSTFrame:
+    """ATST-Frame of the sizes in ``config["model"]["backbone"]`` (random initialisation)."""
+    bb = model_cfg["backbone"]
+    return ATSTFrame(bb["embed_dim"], bb["depth"], bb["num_heads"], bb["mlp_ratio"], n_mels=frontends_cfg["atst"]["n_mels"])
+
+
+def build_sed_model(config: dict, n_classes: int, backbone_file: str | None = None) -> CRNN:
+    """CRNN with its ATST-Frame from ``config["model"]`` and ``config["frontends"]`` (a validated config:
+    schema defaults filled).
+
+    The backbone is randomly initialised unless ``backbone_file`` (results/backbone/backbone.pt or any
+    official ATST checkpoint layout) is given, in which case its weights are loaded strictly.
+    """
+    backbone = build_backbone(config["model"], config["frontends"])
+    if backbone_file is not None:
+        from sedlib.models.checkpoint import load_backbone_weights
+
+        load_backbone_weights(backbone, backbone_file)
+    crnn = config["model"]["crnn"]
+    return CRNN(
+        n_classes,
+        n_mels=config["frontends"]["crnn"]["n_mels"],
+        filters=crnn["filters"],
+        pooling=crnn["pooling"],
+        dropout=crnn["dropout"],
+        rnn_hidden=crnn["rnn_hidden"],
+        rnn_layers=crnn["rnn_layers"],
+        bn_momentum=crnn["bn_momentum"],
+        backbone=backbone,
+    )

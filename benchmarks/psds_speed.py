@@ -1,0 +1,148 @@
+"""PSDS1 + PSDS2: the project's evaluation (sed_scores_eval, every threshold) vs psds_eval (50 operating points).
+
+Ground truth: the real DESED dev-test metadata (1168 clips; the 1153 with events are evaluated, as in the
+published test). Scores: synthetic but realistic, on the 64 ms output grid (156 frames per 10 s clip):
+per class a low baseline logit with temporally smooth noise, the ground-truth events raised with soft edges
+and random per-event strength (some events missed), and random false-alarm bursts; sigmoid; then the DESED
+median filter preset [6, 20, 7, 4, 7, 6, 6, 6, 6, 6] (post-processing is common to both and not timed).
+
+Timed, from the post-processed score tables to both PSDS values:
+- project: ``sedlib.evaluation.metrics.psds`` for both scenarios (intersection deltas + PSD-ROC over all
+  thresholds);
+- psds_eval: building the 50 detection tables (thresholds 0.01 ... 0.99; with the project's vectorised
+  binarisation, the fastest way we have) + ``PSDSEval`` with 50 operating points per scenario + ``psds()``.
+  Also reported: the same with tables built threshold by threshold by sed_scores_eval's
+  ``scores_to_event_list`` (a straightforward way, as decoders usually do it).
+
+Each variant runs ``--repeats`` times; the minimum is reported. Writes benchmarks/results/psds_speed.json.
+
+    python benchmarks/psds_speed.py [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+from sed_scores_eval.base_modules.detection import scores_to_event_list
+
+from sedlib.data.labels import encode_strong, n_output_frames
+from sedlib.evaluation import metrics as M
+from sedlib.evaluation.postprocess import events_dataframe, postprocess_tables, probabilities, score_table
+from sedlib.io import write_json
+
+REPO = Path(__file__).resolve().parents[1]
+GROUND_TRUTH = REPO.parent / "shared" / "data" / "desed_meta"
+HOP = 0.064
+MEDIAN_PRESET = [6, 20, 7, 4, 7, 6, 6, 6, 6, 6]
+
+
+def realistic_tables(gt, durations, classes, seed=0):
+    """Post-processed score tables of a plausible, imperfect system (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    tables = {}
+    for clip, events in gt.items():
+        n = n_output_frames(durations[clip], 256, 16000, 4)
+        smooth = gaussian_filter1d(rng.standard_normal((len(classes), n)), 2.0, axis=1)
+        logits = -4.0 + 1.5 * smooth / smooth.std()
+        for on, off, label in events:
+            strength = rng.uniform(2.0, 9.0)  # weak events are often missed
+            target = encode_strong([(on, off, label)], classes, n, HOP)
+            logits += strength * gaussian_filter1d(target, 1.0, axis=1)
+        for c in range(len(classes)):  # false-alarm bursts, about 0.4 per clip and class
+            for _ in range(rng.poisson(0.4)):
+                start = rng.integers(0, n)
+                logits[c, start : start + rng.integers(3, 30)] += rng.uniform(2.0, 7.0)
+        tables[clip] = score_table(probabilities(logits), classes, HOP, durations[clip])
+    return postprocess_tables(tables, MEDIAN_PRESET)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def project(tables, gt, dur):
+    return {name: M.psds(tables, gt, dur, s).value for name, s in M.SCENARIOS.items()}
+
+
+def project_profile(tables, gt, dur):
+    """Seconds per part of the project's evaluation: deltas (per-clip statistics) and PSD-ROC."""
+    parts = {}
+    for name, scenario in M.SCENARIOS.items():
+        t_deltas, deltas = timed(lambda: M.psds_deltas(tables, gt, scenario))
+        t_roc, _ = timed(lambda: M.psds_from_deltas(deltas, gt, dur, scenario))
+        parts[name] = {"deltas": round(t_deltas, 3), "psd_roc": round(t_roc, 3)}
+    return parts
+
+
+def tables_per_threshold(tables, thresholds):
+    return [events_dataframe({c: scores_to_event_list(t, th) for c, t in tables.items()}) for th in thresholds]
+
+
+def psds_eval_run(tables, gt, dur, build):
+    thresholds = M.operating_thresholds(50)
+    t_tables, detections = timed(lambda: build(tables, thresholds))
+    values, seconds = {}, {"tables": round(t_tables, 3)}
+    for name, scenario in M.SCENARIOS.items():
+        t, values[name] = timed(lambda: M.psds_eval_value(detections, gt, dur, scenario))
+        seconds[name] = round(t, 3)
+    return values, seconds, sum(len(d) for d in detections)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "psds_speed.json"))
+    args = parser.parse_args()
+
+    gt_all = M.read_ground_truth(GROUND_TRUTH / "validation.tsv")
+    gt, dur = M.clips_with_events(gt_all, M.read_durations(GROUND_TRUTH / "validation_durations.tsv"))
+    classes = sorted({label for events in gt.values() for _, _, label in events})
+    tables = realistic_tables(gt, dur, classes)
+
+    ours_times, theirs_times, slow_times = [], [], []
+    for _ in range(args.repeats):
+        t, ours = timed(lambda: project(tables, gt, dur))
+        ours_times.append(t)
+        t, (theirs, theirs_parts, n_detections) = timed(lambda: psds_eval_run(tables, gt, dur, M.detection_tables))
+        theirs_times.append(t)
+    t, (slow_values, slow_parts, _) = timed(lambda: psds_eval_run(tables, gt, dur, tables_per_threshold))
+    slow_times.append(t)
+    profile = project_profile(tables, gt, dur)
+
+    ours_s, theirs_s, slow_s = min(ours_times), min(theirs_times), min(slow_times)
+    result = {
+        "benchmark": "PSDS1 + PSDS2 on the DESED dev-test ground truth",
+        "clips": len(gt),
+        "events": sum(len(e) for e in gt.values()),
+        "frames_per_10s_clip": 156,
+        "median_window": MEDIAN_PRESET,
+        "detections_in_50_tables": n_detections,
+        "project_sed_scores_eval": {"seconds": round(ours_s, 3), "psds": ours, "profile_seconds": profile},
+        "psds_eval_50_thresholds": {"seconds": round(theirs_s, 3), "psds": theirs, "parts_seconds": theirs_parts},
+        "psds_eval_50_thresholds_tables_by_scores_to_event_list": {
+            "seconds": round(slow_s, 3), "psds": slow_values, "parts_seconds": slow_parts,
+        },
+        "speedup": round(theirs_s / ours_s, 2),
+        "speedup_vs_per_threshold_tables": round(slow_s / ours_s, 2),
+        "goal_speedup": 30.0,
+        "repeats": args.repeats,
+        "all_seconds": {"project": [round(x, 3) for x in ours_times], "psds_eval": [round(x, 3) for x in theirs_times]},
+        "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
+        "note": "single process; the machine was shared with other jobs, so absolute times are noisy",
+    }
+    write_json(args.out, result)
+    print(
+        f"project {ours_s:.2f} s {ours} | psds_eval {theirs_s:.2f} s {theirs} | speed-up {theirs_s / ours_s:.1f}x "
+        f"(x{slow_s / ours_s:.1f} with per-threshold tables) -> {args.out}"
+    )
+
+
+if __name__ == "__main__":
+    main()

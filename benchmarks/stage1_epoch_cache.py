@@ -1,0 +1,200 @@
+"""Stage-1 epoch with cached frozen-backbone embeddings vs the frozen backbone computed on the fly.
+
+One stage-1-style epoch: batches of ``training.stage1.batch_sizes`` clips from the four training groups
+(ATST-SED order strong_real, synthetic, weak, unlabeled), ``min(len_g // batch_g)`` steps, each step =
+per-clip normalisation of the cached CRNN mels, student forward + BCE loss + backward + Adam step, teacher
+forward (no grad) and EMA update. The two variants differ only in where the backbone frames come from:
+- cached: the float16 embedding cache (``sedlib.features.embeddings``), read from disk;
+- on the fly: cached ATST mels -> ``ATSTFrontend.normalize`` -> frozen ATST-Frame (no grad, eval). It is
+  computed once per step and shared by student and teacher (the published code runs it in both), which
+  favours the on-the-fly variant.
+Both read the CRNN mels from the feature cache, so the ratio isolates the backbone.
+
+Two sizes: the embedded default (tiny backbone, slim CRNN; full epoch both ways) and the published sizes
+(ATST-Frame 768/12/12, CRNN filters [16, 32, 64, 128 x 4], 128 GRU units). For the published sizes the
+on-the-fly epoch is too slow on a CPU: ``--published-steps`` steps are timed and the epoch is extrapolated
+linearly; its embedding cache is filled with random float16 values (the timing of reading it does not
+depend on the values). Data: stand-in 10 s noise clips in the configured group sizes (the synthetic
+dataset's ``sizes``; weak minus its ``val_fraction``), run through the real feature and embedding caches.
+
+    python benchmarks/stage1_epoch_cache.py            # writes benchmarks/results/stage1_epoch_cache.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from sedlib.config import TRAIN_ROLES, load_config, splits_with_role
+from sedlib.features.cache import FeatureCache, build_feature_cache
+from sedlib.features.embeddings import build_embedding_cache, open_embeddings
+from sedlib.features.frontends import build_frontends
+from sedlib.io import write_json
+from sedlib.models.atst_frame import ATSTFrame
+from sedlib.models.checkpoint import save_backbone
+from sedlib.models.crnn import CRNN
+
+REPO = Path(__file__).resolve().parents[1]
+PUBLISHED_CRNN = {"filters": [16, 32, 64, 128, 128, 128, 128], "rnn_hidden": 128}
+PUBLISHED_BACKBONE = {"embed_dim": 768, "depth": 12, "num_heads": 12}
+
+
+def group_sizes(config: dict) -> dict[str, int]:
+    """Training clips per role in the embedded synthetic dataset (weak: the train part of its partition)."""
+    sizes = {}
+    for role in TRAIN_ROLES:
+        total = 0
+        for dataset, split in splits_with_role(config, role):
+            n = config["datasets"][dataset]["synthetic"]["sizes"][split]
+            if role == "weak":
+                n -= int(round(n * config["datasets"][dataset]["splits"][split]["val_fraction"]))
+            total += n
+        sizes[role] = total
+    return sizes
+
+
+def make_group_cache(root: Path, n_clips: int, config: dict, rng: np.random.Generator) -> FeatureCache:
+    """Feature cache of ``n_clips`` stand-in 10 s clips (noise), built by the real cache code."""
+    audio = root / "audio_16k"
+    audio.mkdir(parents=True)
+    samples = int(config["audio"]["clip_seconds"] * config["audio"]["sample_rate"])
+    lines = ["filename\tduration"]
+    for i in range(n_clips):
+        sf.write(audio / f"{i:04d}.wav", (0.1 * rng.standard_normal(samples)).astype(np.float32), 16000, subtype="PCM_16")
+        lines.append(f"{i:04d}.wav\t{config['audio']['clip_seconds']}")
+    (root / "durations.tsv").write_text("\n".join(lines) + "\n")
+    return build_feature_cache(root / "durations.tsv", audio, root / "features", config["frontends"],
+                               config["audio"]["clip_seconds"])
+
+
+def run_epoch(caches, embeddings, batch_sizes, n_steps, student, teacher, backbone, frontends, seed) -> float:
+    """Seconds for ``n_steps`` stage-1 steps; ``embeddings`` None = backbone on the fly."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    orders = {role: rng.permutation(len(caches[role])) for role in caches}
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+    student.train()
+    teacher.train()
+    started = time.perf_counter()
+    for step in range(n_steps):
+        crnn, frames = [], []
+        for role, cache in caches.items():
+            rows = np.sort(orders[role][step * batch_sizes[role] : (step + 1) * batch_sizes[role]])
+            crnn.append(torch.from_numpy(cache.crnn[rows][:, :, :626]))
+            if embeddings is not None:
+                frames.append(torch.from_numpy(embeddings[role][rows][:, :, :250].astype(np.float32)))
+            else:
+                with torch.no_grad():
+                    frames.append(backbone(frontends.atst.normalize(torch.from_numpy(cache.atst[rows][:, :, :1001]))))
+        crnn_feats, frames = frontends.crnn.normalize(torch.cat(crnn)), torch.cat(frames)
+        out = student(crnn_feats, embeddings=frames)
+        with torch.no_grad():
+            teacher_out = teacher(crnn_feats, embeddings=frames)
+        loss = torch.nn.functional.binary_cross_entropy(out.strong, (teacher_out.strong > 0.5).float())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for t, s in zip(teacher.parameters(), student.parameters()):
+                t.mul_(0.999).add_(s, alpha=0.001)
+    return time.perf_counter() - started
+
+
+def measure(name, caches, embeddings, batch_sizes, n_steps, crnn_cfg, backbone, frontends, on_the_fly_steps) -> dict:
+    torch.manual_seed(0)
+    student = CRNN(10, filters=crnn_cfg["filters"], pooling=crnn_cfg["pooling"], rnn_hidden=crnn_cfg["rnn_hidden"],
+                   embed_dim=backbone.embed_dim)
+    teacher = copy.deepcopy(student)
+    backbone.eval().requires_grad_(False)
+    run_epoch(caches, embeddings, batch_sizes, 1, copy.deepcopy(student), copy.deepcopy(teacher), backbone,
+              frontends, seed=1)  # warm-up (allocator, lazy init)
+    cached_s = run_epoch(caches, embeddings, batch_sizes, n_steps, copy.deepcopy(student), copy.deepcopy(teacher),
+                         backbone, frontends, seed=0)
+    timed = min(n_steps, on_the_fly_steps)
+    fly_s = run_epoch(caches, None, batch_sizes, timed, copy.deepcopy(student), copy.deepcopy(teacher), backbone,
+                      frontends, seed=0)
+    fly_epoch_s = fly_s * n_steps / timed
+    result = {
+        "backbone": backbone.hparams,
+        "crnn": {"filters": crnn_cfg["filters"], "rnn_hidden": crnn_cfg["rnn_hidden"]},
+        "cached_epoch_s": round(cached_s, 3),
+        "on_the_fly_steps_timed": timed,
+        "on_the_fly_timed_s": round(fly_s, 3),
+        "on_the_fly_epoch_s": round(fly_epoch_s, 3),
+        "on_the_fly_extrapolated": timed < n_steps,
+        "speedup": round(fly_epoch_s / cached_s, 2),
+    }
+    print(f"{name}: cached {cached_s:.2f} s/epoch, on the fly {fly_epoch_s:.2f} s/epoch"
+          f"{' (extrapolated from %d steps)' % timed if timed < n_steps else ''}: {result['speedup']}x")
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=REPO / "workflow_config.yaml")
+    parser.add_argument("--published-steps", type=int, default=2, help="on-the-fly steps timed at the published size")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "stage1_epoch_cache.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = load_config(args.config)
+    sizes = group_sizes(config)
+    batch_sizes = {role: config["training"]["stage1"]["batch_sizes"][role] for role in TRAIN_ROLES}
+    n_steps = min(sizes[r] // batch_sizes[r] for r in TRAIN_ROLES if batch_sizes[r])
+    frontends = build_frontends(config["frontends"])
+    rng = np.random.default_rng(0)
+    results = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch_threads": args.threads,
+                    "torch": torch.__version__},
+        "epoch": {"clips_per_group": sizes, "batch_sizes": batch_sizes, "steps": n_steps,
+                  "clips_per_step": sum(batch_sizes.values())},
+    }
+    with tempfile.TemporaryDirectory(prefix="stage1_bench_") as tmp:
+        tmp = Path(tmp)
+        caches = {role: make_group_cache(tmp / role, sizes[role], config, rng) for role in TRAIN_ROLES}
+        feature_bytes = sum((c.directory / f).stat().st_size for c in caches.values() for f in ("crnn_mel.npy", "atst_mel.npy"))
+
+        bb = config["model"]["backbone"]
+        torch.manual_seed(0)
+        tiny = ATSTFrame(bb["embed_dim"], bb["depth"], bb["num_heads"], bb["mlp_ratio"])
+        save_backbone(tmp / "tiny.pt", tiny, {"source": "benchmark"})
+        tiny_emb = {}
+        for role, cache in caches.items():
+            build_embedding_cache(cache.directory, tmp / "tiny.pt", tmp / f"{role}_tiny.npy", config["frontends"]["atst"],
+                                  config["audio"]["clip_seconds"])
+            tiny_emb[role] = open_embeddings(tmp / f"{role}_tiny.npy")[0]
+        results["embedded"] = measure("embedded", caches, tiny_emb, batch_sizes, n_steps, config["model"]["crnn"], tiny,
+                                      frontends, on_the_fly_steps=n_steps)
+        results["embedded"]["embedding_cache_bytes"] = sum((tmp / f"{r}_tiny.npy").stat().st_size for r in caches)
+
+        big = ATSTFrame(**PUBLISHED_BACKBONE)
+        big_emb = {}
+        for role, cache in caches.items():
+            array = np.lib.format.open_memmap(tmp / f"{role}_big.npy", mode="w+", dtype=np.float16,
+                                              shape=(len(cache), big.embed_dim, cache.atst.shape[-1] // 4))
+            array[:] = rng.standard_normal(array.shape, dtype=np.float32).astype(np.float16)
+            array.flush()
+            big_emb[role] = np.load(tmp / f"{role}_big.npy", mmap_mode="r")
+        published_crnn = dict(config["model"]["crnn"], **PUBLISHED_CRNN)
+        results["published"] = measure("published", caches, big_emb, batch_sizes, n_steps, published_crnn, big,
+                                       frontends, on_the_fly_steps=args.published_steps)
+        results["published"]["embedding_cache_bytes"] = sum((tmp / f"{r}_big.npy").stat().st_size for r in caches)
+        results["feature_cache_bytes"] = feature_bytes
+    results["target_speedup"] = 5.0
+    write_json(args.out, results)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,455 @@
+"""Evaluation metrics on post-processed score tables: PSDS1/PSDS2 (sed_scores_eval, every threshold),
+bootstrapped confidence intervals, per-class PSDS, collar-based event F1 and the psds_eval cross-check.
+
+Units: times in seconds, eFPR in false positives per hour, median windows in output frames.
+The methodology and the ``eval_psds.json`` schema are documented in docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+import pandas as pd
+from psds_eval import PSDSEval
+from sed_scores_eval import collar_based, intersection_based
+from sed_scores_eval.base_modules.io import read_audio_durations, read_ground_truth_events
+from sed_scores_eval.intersection_based.intermediate_statistics import intermediate_statistics_deltas
+
+from sedlib.config import validate_config
+from sedlib.evaluation.postprocess import (
+    Event,
+    events_at_thresholds,
+    events_dataframe,
+    postprocess_tables,
+    read_score_dir,
+    table_classes,
+)
+from sedlib.io import atomic_path, sha256_file, sha256_json, write_json
+
+FORMAT = "sedlib.eval_psds/1"
+PACKAGES = ("sedlib", "torch", "numpy", "pandas", "scipy", "sed_scores_eval", "psds_eval", "snakemake")
+CONFIDENCE = 0.95
+PSDS_EVAL_DEFAULT_CTTC = 0.3  # psds_eval needs a value even when alpha_ct = 0 (it is then unused)
+
+
+@dataclass(frozen=True)
+class PSDSScenario:
+    """Intersection-based PSDS parameters (DCASE definition); ``max_efpr`` in false positives per hour."""
+
+    dtc_threshold: float
+    gtc_threshold: float
+    cttc_threshold: float | None
+    alpha_ct: float
+    alpha_st: float
+    max_efpr: float = 100.0
+
+
+SCENARIOS = {
+    "psds1": PSDSScenario(dtc_threshold=0.7, gtc_threshold=0.7, cttc_threshold=None, alpha_ct=0.0, alpha_st=1.0),
+    "psds2": PSDSScenario(dtc_threshold=0.1, gtc_threshold=0.1, cttc_threshold=0.3, alpha_ct=0.5, alpha_st=1.0),
+}
+
+
+class PSDSResult(NamedTuple):
+    value: float
+    per_class: dict[str, float]  # single-class PSDS: area under the class's TPR-vs-eFPR curve / max_efpr
+    etpr: np.ndarray  # PSD-ROC: effective TPR ...
+    efpr: np.ndarray  # ... against effective FPR (per hour)
+
+
+# ----------------------------------------------------------------------------- ground truth
+def read_ground_truth(metadata_tsv: str | Path) -> dict[str, list[Event]]:
+    """``{clip: [(onset s, offset s, label), ...]}`` of a DESED strong TSV; clip = filename without extension.
+
+    Rows with an empty label (clips without events) give an empty list.
+    """
+    if not Path(metadata_tsv).is_file():
+        raise FileNotFoundError(f"ground truth {metadata_tsv} does not exist")
+    return {clip: [tuple(e) for e in events] for clip, events in read_ground_truth_events(metadata_tsv).items()}
+
+
+def read_durations(durations_tsv: str | Path) -> dict[str, float]:
+    """``{clip: duration s}`` of a ``filename duration`` TSV."""
+    if not Path(durations_tsv).is_file():
+        raise FileNotFoundError(f"durations {durations_tsv} does not exist")
+    return read_audio_durations(durations_tsv)
+
+
+def clips_with_events(
+    ground_truth: Mapping[str, list[Event]], durations: Mapping[str, float]
+) -> tuple[dict[str, list[Event]], dict[str, float]]:
+    """Ground truth and durations restricted to the clips with at least one event (as the published test).
+
+    ATST-SED drops clips without events from the test set (``tsv.dropna()``), so they are not scored and
+    their durations do not count in the false-positive rate. Every annotated clip needs a duration.
+    """
+    missing = sorted(set(ground_truth) - set(durations))
+    if missing:
+        raise ValueError(f"durations: no duration for {len(missing)} annotated clips, e.g. {missing[:3]}")
+    kept = {clip: list(events) for clip, events in sorted(ground_truth.items()) if events}
+    if not kept:
+        raise ValueError("ground truth has no events: nothing to evaluate")
+    return kept, {clip: float(durations[clip]) for clip in kept}
+
+
+def require_every_class(ground_truth: Mapping[str, list[Event]], classes: Sequence[str]) -> None:
+    """PSDS averages per-class TPRs: raise ValueError unless every class has a ground-truth event."""
+    present = {label for events in ground_truth.values() for _, _, label in events}
+    missing = [c for c in classes if c not in present]
+    if missing:
+        raise ValueError(f"ground truth has no events of classes {missing}: per-class PSDS is undefined")
+    unknown = sorted(present - set(classes))
+    if unknown:
+        raise ValueError(f"ground truth has classes {unknown} that the scores do not have ({list(classes)})")
+
+
+# ----------------------------------------------------------------------------- PSDS (sed_scores_eval)
+def psds_deltas(tables: Mapping[str, pd.DataFrame], ground_truth: Mapping[str, list[Event]], scenario: PSDSScenario):
+    """Per-clip intersection statistics deltas (sed_scores_eval), reusable for bootstrapping."""
+    return intermediate_statistics_deltas(
+        scores=dict(tables),
+        ground_truth=dict(ground_truth),
+        dtc_threshold=scenario.dtc_threshold,
+        gtc_threshold=scenario.gtc_threshold,
+        cttc_threshold=scenario.cttc_threshold,
+    )
+
+
+def psds_from_deltas(
+    deltas: Mapping, ground_truth: Mapping[str, list[Event]], durations: Mapping[str, float], scenario: PSDSScenario
+) -> PSDSResult:
+    """PSDS over every decision threshold from :func:`psds_deltas` (clips = the deltas' keys)."""
+    value, per_class, (etpr, efpr), _ = intersection_based.psds(
+        scores=None,
+        ground_truth=dict(ground_truth),
+        audio_durations=dict(durations),
+        deltas=dict(deltas),
+        unit_of_time="hour",
+        **asdict(scenario),
+    )
+    return PSDSResult(float(value), {c: float(v) for c, v in per_class.items()}, etpr, efpr)
+
+
+def psds(
+    tables: Mapping[str, pd.DataFrame],
+    ground_truth: Mapping[str, list[Event]],
+    durations: Mapping[str, float],
+    scenario: PSDSScenario,
+) -> PSDSResult:
+    """PSDS of post-processed score tables against ground truth (clips: the tables' keys; durations in s)."""
+    return psds_from_deltas(psds_deltas(tables, ground_truth, scenario), ground_truth, durations, scenario)
+
+
+def bootstrap_psds(
+    deltas: Mapping,
+    ground_truth: Mapping[str, list[Event]],
+    durations: Mapping[str, float],
+    scenario: PSDSScenario,
+    n: int,
+    seed: int,
+) -> np.ndarray:
+    """(n,) PSDS values on clip sets drawn with replacement (as many clips as evaluated, seeded).
+
+    A clip drawn k times counts k times: its events, its detections and its duration.
+    """
+    clips = sorted(deltas)
+    rng = np.random.default_rng(seed)
+    values = np.empty(n)
+    for b in range(n):
+        draw = [clips[i] for i in rng.integers(0, len(clips), size=len(clips))]
+        keys = [f"{clip}#{k}" for k, clip in enumerate(draw)]
+        values[b] = psds_from_deltas(
+            {key: deltas[clip] for key, clip in zip(keys, draw)},
+            {key: ground_truth[clip] for key, clip in zip(keys, draw)},
+            {key: durations[clip] for key, clip in zip(keys, draw)},
+            scenario,
+        ).value
+    return values
+
+
+def confidence_interval(values: np.ndarray, level: float = CONFIDENCE) -> list[float]:
+    """Percentile bootstrap interval [low, high] at ``level``; empty list when there are no values."""
+    if len(values) == 0:
+        return []
+    tail = (1.0 - level) / 2 * 100
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+# ----------------------------------------------------------------------------- F1 and psds_eval
+def collar_f1(
+    tables: Mapping[str, pd.DataFrame],
+    ground_truth: Mapping[str, list[Event]],
+    threshold: float,
+    onset_collar: float,
+    offset_collar_rate: float,
+) -> dict[str, Any]:
+    """Collar-based event F1 at one threshold (sed_eval / DCASE definition).
+
+    Onset within ``onset_collar`` s; offset within max(``onset_collar`` s, ``offset_collar_rate`` x event length).
+    """
+    f, _, _, _ = collar_based.fscore(
+        scores=dict(tables),
+        ground_truth=dict(ground_truth),
+        threshold=threshold,
+        onset_collar=onset_collar,
+        offset_collar=onset_collar,
+        offset_collar_rate=offset_collar_rate,
+    )
+    classes = [c for c in f if c not in ("macro_average", "micro_average")]
+    return {
+        "macro": float(f["macro_average"]),
+        "micro": float(f["micro_average"]),
+        "per_class": {c: float(f[c]) for c in classes},
+    }
+
+
+def operating_thresholds(n: int) -> np.ndarray:
+    """(n,) thresholds (2k + 1) / (2n), k = 0..n-1, as the published test (n = 50: 0.01, 0.03, ..., 0.99)."""
+    return (2 * np.arange(n) + 1) / (2 * n)
+
+
+def detection_tables(tables: Mapping[str, pd.DataFrame], thresholds: Sequence[float]) -> list[pd.DataFrame]:
+    """One DESED detection table (filename = clip id) per threshold."""
+    per_clip = {clip: events_at_thresholds(table, np.asarray(thresholds)) for clip, table in tables.items()}
+    return [events_dataframe({clip: events[k] for clip, events in per_clip.items()}) for k in range(len(thresholds))]
+
+
+def psds_eval_value(
+    detections: Sequence[pd.DataFrame],
+    ground_truth: Mapping[str, list[Event]],
+    durations: Mapping[str, float],
+    scenario: PSDSScenario,
+) -> float:
+    """PSDS by psds_eval from a finite set of operating points (detection tables), staircase area."""
+    gt = events_dataframe(ground_truth)
+    meta = pd.DataFrame({"filename": list(durations), "duration": list(durations.values())})
+    cttc = PSDS_EVAL_DEFAULT_CTTC if scenario.cttc_threshold is None else scenario.cttc_threshold
+    evaluator = PSDSEval(
+        dtc_threshold=scenario.dtc_threshold,
+        gtc_threshold=scenario.gtc_threshold,
+        cttc_threshold=cttc,
+        ground_truth=gt,
+        metadata=meta,
+    )
+    with warnings.catch_warnings():
+        # psds_eval warns for every duplicate operating point, about its deprecated pandas calls and NaN rates
+        warnings.simplefilter("ignore", category=UserWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        for k, det in enumerate(detections):
+            evaluator.add_operating_point(det, info={"name": f"op{k:02d}"})
+        result = evaluator.psds(alpha_ct=scenario.alpha_ct, alpha_st=scenario.alpha_st, max_efpr=scenario.max_efpr)
+    return float(result.value)
+
+
+# ----------------------------------------------------------------------------- one model on one split
+def evaluate_tables(
+    raw_tables: Mapping[str, pd.DataFrame],
+    ground_truth: Mapping[str, list[Event]],
+    durations: Mapping[str, float],
+    settings: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, PSDSResult]]:
+    """Every metric of one model's raw (sigmoid, unfiltered) score tables on one split.
+
+    ``settings`` is the config's ``evaluation`` section. Returns the JSON entry and the PSD-ROCs by scenario.
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    gt, dur = clips_with_events(ground_truth, durations)
+    tables = postprocess_tables({clip: raw_tables[clip] for clip in gt}, settings["median_window"])
+    require_every_class(gt, table_classes(next(iter(tables.values()))))
+    timings["postprocess"] = time.perf_counter() - start
+
+    boot = settings["bootstrap"]
+    entry: dict[str, Any] = {
+        "clips": len(gt),
+        "clips_without_events": len(durations) - len(gt),
+        "events": sum(len(events) for events in gt.values()),
+        "hours": sum(dur.values()) / 3600.0,
+    }
+    rocs = {}
+    thresholds = operating_thresholds(settings["psds_eval_thresholds"])
+    start = time.perf_counter()
+    detections = detection_tables(tables, thresholds)
+    timings["psds_eval_tables"] = time.perf_counter() - start
+    for name, scenario in SCENARIOS.items():
+        start = time.perf_counter()
+        deltas = psds_deltas(tables, gt, scenario)
+        result = psds_from_deltas(deltas, gt, dur, scenario)
+        timings[name] = time.perf_counter() - start
+        start = time.perf_counter()
+        samples = bootstrap_psds(deltas, gt, dur, scenario, boot["n"], boot["seed"])
+        timings[f"{name}_bootstrap"] = time.perf_counter() - start
+        start = time.perf_counter()
+        cross_check = psds_eval_value(detections, gt, dur, scenario)
+        timings[f"{name}_psds_eval"] = time.perf_counter() - start
+        entry[name] = {
+            "value": result.value,
+            "ci95": confidence_interval(samples),
+            "bootstrap_std": float(np.std(samples, ddof=1)) if len(samples) > 1 else None,
+            "per_class": result.per_class,
+            "psds_eval": cross_check,
+        }
+        rocs[name] = result
+    f1 = settings["f1"]
+    start = time.perf_counter()
+    entry["f1"] = {
+        "threshold": f1["threshold"],
+        **collar_f1(tables, gt, f1["threshold"], f1["onset_collar"], f1["offset_collar_rate"]),
+    }
+    timings["f1"] = time.perf_counter() - start
+    entry["seconds"] = {key: round(value, 3) for key, value in timings.items()}
+    return entry, rocs
+
+
+# ----------------------------------------------------------------------------- provenance
+def code_version(repo: str | Path) -> dict[str, Any]:
+    """``{"commit": sha | "unknown", "dirty": bool | None}`` of the git checkout at ``repo`` (tracked files)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": "unknown", "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str]:
+    """Installed distribution versions ('not installed' when absent)."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def data_manifest(splits: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    """``{"dataset/split": {"durations": {path, sha256}, "metadata": {path, sha256}}}`` of the evaluated splits."""
+    return {
+        ref: {kind: {"path": str(paths[kind]), "sha256": sha256_file(paths[kind])} for kind in ("durations", "metadata")}
+        for ref, paths in splits.items()
+    }
+
+
+# ----------------------------------------------------------------------------- command
+def _evaluate_job(job: tuple[dict, dict, dict, dict]) -> tuple[dict, dict]:
+    score, ground_truth, durations, settings = job
+    gt, _ = clips_with_events(ground_truth, durations)
+    start = time.perf_counter()
+    tables = read_score_dir(score["dir"], clips=sorted(gt))
+    read_seconds = time.perf_counter() - start
+    entry, rocs = evaluate_tables(tables, ground_truth, durations, settings)
+    entry["seconds"] = {"read_scores": round(read_seconds, 3), **entry["seconds"]}
+    return entry, {name: (r.etpr, r.efpr, r.value) for name, r in rocs.items()}
+
+
+def evaluate_all(
+    inputs: Mapping[str, Any], config: dict, jobs: int = 1
+) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray, float]]]:
+    """The eval_psds.json document and PSD-ROCs (keyed 'iter{i}/{model}/{dataset}/{split}/{scenario}').
+
+    ``inputs``: ``{"splits": {"ds/split": {"metadata": tsv, "durations": tsv}},
+    "scores": [{"iteration": i, "model": name, "split": "ds/split", "dir": score folder}, ...]}``.
+    """
+    start_all = time.perf_counter()
+    settings = config["evaluation"]
+    truth = {
+        ref: (read_ground_truth(paths["metadata"]), read_durations(paths["durations"]))
+        for ref, paths in inputs["splits"].items()
+    }
+    work = [(score, *truth[score["split"]], settings) for score in inputs["scores"]]
+    if jobs > 1 and len(work) > 1:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(work))) as pool:
+            outputs = list(pool.map(_evaluate_job, work))
+    else:
+        outputs = [_evaluate_job(job) for job in work]
+
+    results: dict[str, Any] = {}
+    rocs = {}
+    for score, (entry, entry_rocs) in zip(inputs["scores"], outputs):
+        iteration = f"iter{score['iteration']}"
+        results.setdefault(iteration, {}).setdefault(score["model"], {})[score["split"]] = entry
+        for name, roc in entry_rocs.items():
+            rocs[f"{iteration}/{score['model']}/{score['split']}/{name}"] = roc
+    document = {
+        "format": FORMAT,
+        "config_sha256": sha256_json(config),
+        "data_manifest_sha256": sha256_json(data_manifest(inputs["splits"])),
+        "data_manifest": data_manifest(inputs["splits"]),
+        "code_version": code_version(Path(__file__).resolve().parents[2]),
+        "packages": package_versions(),
+        "methodology": {
+            "scenarios": {name: asdict(s) for name, s in SCENARIOS.items()},
+            "unit_of_time": "hour",
+            "median_window_frames": list(settings["median_window"]),
+            "clips": "clips with at least one ground-truth event (as the published test)",
+            "bootstrap": {**settings["bootstrap"], "method": "percentile, clips drawn with replacement",
+                          "confidence": CONFIDENCE},
+            "f1": {**settings["f1"], "offset_collar_seconds_min": settings["f1"]["onset_collar"]},
+            "psds_eval_thresholds": {"n": settings["psds_eval_thresholds"], "values": "(2k + 1) / (2n), k = 0 .. n - 1"},
+        },
+        "results": results,
+        "timings": {"total_seconds": round(time.perf_counter() - start_all, 3), "jobs": jobs},
+    }
+    return document, rocs
+
+
+def write_rocs(path: str | Path, rocs: Mapping[str, tuple[np.ndarray, np.ndarray, float]]) -> None:
+    """HDF5 of PSD-ROCs: group per key with datasets ``etpr``, ``efpr`` (per hour) and attribute ``psds``."""
+    import h5py
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
+        for key, (etpr, efpr, value) in rocs.items():
+            group = handle.create_group(key)
+            group.create_dataset("etpr", data=np.asarray(etpr, dtype=np.float64))
+            group.create_dataset("efpr", data=np.asarray(efpr, dtype=np.float64))
+            group.attrs["psds"] = value
+
+
+def read_rocs(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """PSD-ROCs written by :func:`write_rocs`, keyed 'iter{i}/{model}/{dataset}/{split}/{scenario}'."""
+    import h5py
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"PSD-ROC file {path} does not exist")
+    rocs = {}
+    with h5py.File(path, "r") as handle:
+
+        def visit(name, node):
+            if isinstance(node, h5py.Group) and "etpr" in node:
+                rocs[name] = (node["etpr"][()], node["efpr"][()], float(node.attrs["psds"]))
+
+        handle.visititems(visit)
+    return rocs
+
+
+def configure_evaluate(parser: argparse.ArgumentParser):
+    parser.add_argument("--config-json", required=True, help="the validated workflow configuration (JSON)")
+    parser.add_argument("--inputs-json", required=True, help="evaluated splits and score folders (JSON)")
+    parser.add_argument("--out", required=True, help="eval_psds.json")
+    parser.add_argument("--roc-out", required=True, help="HDF5 of every PSD-ROC (for the plots)")
+    parser.add_argument("--jobs", type=int, default=1, help="processes (one model/split per process)")
+
+    def run(args: argparse.Namespace) -> int:
+        config = validate_config(json.loads(args.config_json), source="--config-json")
+        document, rocs = evaluate_all(json.loads(args.inputs_json), config, jobs=args.jobs)
+        write_rocs(args.roc_out, rocs)
+        write_json(args.out, document)
+        return 0
+
+    return run

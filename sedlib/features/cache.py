@@ -1,0 +1,179 @@
+"""Feature cache of a split (``cache-features``): both frontends' linear mel spectrograms as .npy arrays.
+
+Layout (docs/architecture.md "Feature cache"), one folder per split:
+- ``crnn_mel.npy`` float32 (N, 128, T_max): linear magnitude mel (power 1), before dB; 626 frames per 10 s;
+- ``atst_mel.npy`` float32 (N, 64, T_max'): linear power mel (power 2), before dB; 1001 frames per 10 s;
+- ``index.tsv``: ``filename duration n_crnn n_atst`` per row (true duration in s, true frame counts),
+  written last: its presence marks the cache complete.
+Clips shorter than ``audio.clip_seconds`` are zero-padded to it; longer ones are kept whole and the arrays
+are as wide as the longest clip (T_max = frames of max(clip_seconds, longest clip)); frames past a clip's
+padded length are zero. Clips are processed in batches of equal padded length, so every clip's features are
+exactly those of the clip alone (centred STFT, per-clip normalisation later in ``normalize()``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from sedlib.data.metadata import read_durations
+from sedlib.features.frontends import MelFrontend, build_frontends
+from sedlib.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+INDEX_COLUMNS = ["filename", "duration", "n_crnn", "n_atst"]
+CRNN_FILE, ATST_FILE, INDEX_FILE = "crnn_mel.npy", "atst_mel.npy", "index.tsv"
+DURATION_TOLERANCE_S = 0.02  # s: durations.tsv vs the 16 kHz file's length
+
+
+@dataclass
+class FeatureCache:
+    """An opened feature cache: memory-mapped arrays and the index, row i of each array = row i of the index."""
+
+    directory: Path
+    crnn: np.ndarray  # (N, n_mels_crnn, T_max) float32, memory-mapped
+    atst: np.ndarray  # (N, n_mels_atst, T_max') float32, memory-mapped
+    filenames: list[str]
+    durations: np.ndarray  # (N,) seconds
+    n_crnn: np.ndarray  # (N,) true CRNN frames
+    n_atst: np.ndarray  # (N,) true ATST frames
+    rows: dict[str, int] = field(repr=False, default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.filenames)
+
+    def row(self, filename: str) -> int:
+        """Row of ``filename`` in the arrays."""
+        try:
+            return self.rows[filename]
+        except KeyError:
+            raise ValueError(f"{self.directory / INDEX_FILE}: no row for file '{filename}'") from None
+
+
+def read_table(path: Path, columns: list[str]) -> list[list[str]]:
+    """Rows of a tab-separated file whose header is exactly ``columns``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        header = next(reader, None)
+        if header != columns:
+            raise ValueError(f"{path}: line 1: expected the tab-separated header {columns}, got {header}")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            if len(row) != len(columns):
+                raise ValueError(f"{path}: line {line}: expected {len(columns)} tab-separated fields, got {row}")
+            rows.append(row)
+    return rows
+
+
+def open_feature_cache(directory: str | Path) -> FeatureCache:
+    """Open a split's feature cache (arrays memory-mapped read-only); checks that arrays and index agree."""
+    directory = Path(directory)
+    rows = read_table(directory / INDEX_FILE, INDEX_COLUMNS)
+    crnn = np.load(directory / CRNN_FILE, mmap_mode="r")
+    atst = np.load(directory / ATST_FILE, mmap_mode="r")
+    for name, array in ((CRNN_FILE, crnn), (ATST_FILE, atst)):
+        if array.ndim != 3 or array.shape[0] != len(rows):
+            raise ValueError(f"{directory / name}: shape {array.shape}, expected ({len(rows)}, mels, frames) per {INDEX_FILE}")
+    filenames = [r[0] for r in rows]
+    return FeatureCache(
+        directory=directory,
+        crnn=crnn,
+        atst=atst,
+        filenames=filenames,
+        durations=np.array([float(r[1]) for r in rows]),
+        n_crnn=np.array([int(r[2]) for r in rows]),
+        n_atst=np.array([int(r[3]) for r in rows]),
+        rows={name: i for i, name in enumerate(filenames)},
+    )
+
+
+def _write_rows(out: np.ndarray, rows: list[int], mel: torch.Tensor) -> None:
+    """Row ``rows[j]`` of ``out`` gets ``mel[j]`` in its first ``mel.shape[-1]`` frames."""
+    out[rows, :, : mel.shape[-1]] = mel.numpy()
+
+
+def build_feature_cache(
+    durations_file: Path, audio_dir: Path, out_dir: Path, frontends_cfg: dict, clip_seconds: float, batch_size: int = 16
+) -> FeatureCache:
+    """Compute both frontends' mel features of every clip listed in ``durations_file`` into ``out_dir``."""
+    frontends = build_frontends(frontends_cfg)
+    sample_rate = frontends.crnn.sample_rate
+    clip_samples = int(round(clip_seconds * sample_rate))
+    entries = list(read_durations(durations_file).items())
+    if not entries:
+        raise ValueError(f"{durations_file}: lists no clips")
+    n_samples = []
+    for filename, duration in entries:
+        path = audio_dir / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{durations_file}: audio file of '{filename}' not found: {path}")
+        info = sf.info(path)
+        if info.samplerate != sample_rate or info.channels != 1:
+            raise ValueError(f"{path}: expected mono {sample_rate} Hz audio, got {info.samplerate} Hz, {info.channels} channels")
+        frames = info.frames
+        if abs(frames / sample_rate - duration) > DURATION_TOLERANCE_S:
+            raise ValueError(f"{durations_file}: '{filename}' is listed as {duration} s but {path} has {frames / sample_rate:.3f} s")
+        n_samples.append(frames)
+    padded = [max(n, clip_samples) for n in n_samples]
+    fronts: list[tuple[str, MelFrontend]] = [(CRNN_FILE, frontends.crnn), (ATST_FILE, frontends.atst)]
+    n_rows = len(entries)
+    with atomic_path(out_dir / CRNN_FILE) as crnn_tmp, atomic_path(out_dir / ATST_FILE) as atst_tmp:
+        arrays = {
+            name: np.lib.format.open_memmap(
+                tmp, mode="w+", dtype=np.float32, shape=(n_rows, fe.n_mels, fe.n_frames(max(padded)))
+            )
+            for (name, fe), tmp in zip(fronts, (crnn_tmp, atst_tmp))
+        }
+        for length in sorted(set(padded)):
+            group = [i for i, p in enumerate(padded) if p == length]
+            for first in range(0, len(group), batch_size):
+                rows = group[first : first + batch_size]
+                batch = np.zeros((len(rows), length), dtype=np.float32)
+                for j, row in enumerate(rows):
+                    wave = sf.read(audio_dir / entries[row][0], dtype="float32")[0]
+                    batch[j, : len(wave)] = wave
+                with torch.inference_mode():
+                    wave_batch = torch.from_numpy(batch)
+                    for name, fe in fronts:
+                        _write_rows(arrays[name], rows, fe.mel(wave_batch))
+            log.info("%d clips of %.2f s done", len(group), length / sample_rate)
+        for array in arrays.values():
+            array.flush()
+        del arrays
+    index_rows = [
+        [filename, f"{n / sample_rate:.6f}", str(frontends.crnn.n_frames(n)), str(frontends.atst.n_frames(n))]
+        for (filename, _), n in zip(entries, n_samples)
+    ]
+    with atomic_path(out_dir / INDEX_FILE) as tmp:
+        tmp.write_text("\n".join("\t".join(r) for r in [INDEX_COLUMNS, *index_rows]) + "\n")
+    return open_feature_cache(out_dir)
+
+
+def configure_cache_features(parser: argparse.ArgumentParser):
+    parser.add_argument("--durations", required=True, type=Path, help="split's durations.tsv (filename duration)")
+    parser.add_argument("--audio-dir", required=True, type=Path, help="split's 16 kHz mono audio folder")
+    parser.add_argument("--out-dir", required=True, type=Path, help="feature cache folder to write")
+    parser.add_argument("--config-json", required=True, help='{"frontends": config.frontends, "audio": config.audio}')
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--batch-size", type=int, default=16, help="clips per frontend batch")
+
+    def run(args: argparse.Namespace) -> int:
+        cfg = json.loads(args.config_json)
+        torch.set_num_threads(args.threads)
+        cache = build_feature_cache(args.durations, args.audio_dir, args.out_dir, cfg["frontends"],
+                                    cfg["audio"]["clip_seconds"], args.batch_size)
+        log.info("wrote %s: %d clips, crnn %s, atst %s", args.out_dir, len(cache), cache.crnn.shape, cache.atst.shape)
+        return 0
+
+    return run

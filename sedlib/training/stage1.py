@@ -1,0 +1,251 @@
+"""Stage 1 of ATST-SED (``train/local/stage1_trainer.py``) as a LightningModule, and what both stages share.
+
+Stage 1 trains the CRNN on the frozen transformer's cached frame embeddings with a mean teacher:
+
+- mixup (``mixup_p``, Beta(``mixup_alpha``, ``mixup_alpha``), soft labels) of the CRNN mel only, separately
+  within the strong (strong_real + synthetic), weak and unlabeled groups; embeddings are not mixed and the
+  teacher sees the same (mixed) input as the student, as published;
+- loss = BCE(strong, strong items) + BCE(weak, weak items)
+  + w * [MSE(student strong, teacher strong) + MSE(student weak, teacher weak)] over the whole batch,
+  w = ``const_max`` * exponential ramp-up over ``warmup_epochs`` (schedules.exp_rampup);
+- from iteration 2 on, + ``distillation.weight`` * distillation(student strong logits, soft pseudo-labels)
+  over every item (pseudo-labels mixed with the items' mixup draw);
+- Adam (betas 0.9, 0.999): CNN at ``lr_cnn``, RNN / merge / heads at ``lr_rnn``, transformer frozen;
+  learning rates ramp up over ``warmup_epochs`` then stay constant (published ``cos_down=False``);
+- EMA teacher after every optimizer step with ``alpha = min(1 - 1/(n + 1), ema_factor)``;
+- validation objective (minimised): mean of the teacher's weak BCE on the weak validation part and its
+  strong BCE on the strong validation splits. PSDS1/PSDS2 of the teacher are logged as well.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from sedlib.evaluation.metrics import SCENARIOS, clips_with_events, psds
+from sedlib.evaluation.postprocess import postprocess_table, score_table
+from sedlib.features.frontends import build_frontends
+from sedlib.models.crnn import CRNN, SEDOutput
+from sedlib.training import losses
+from sedlib.training.data import ValidationSet, batch_groups
+from sedlib.training.ema import ema_alpha, ema_update
+from sedlib.training.mixup import Mix, draw_group_mixes, mix_groups
+from sedlib.training.schedules import exp_rampup, lr_scheduler
+
+TARGET_KEYS = ("strong", "weak", "pseudo")
+
+
+def optimizer_groups(
+    model: CRNN, lr_cnn: float, lr_rnn: float, lr_tfm: float = 0.0, tfm_lr_scale: float = 0.5, tfm_trainable_layers: int = 0
+) -> list[dict[str, Any]]:
+    """Adam parameter groups of the published ``separate_opt_params``; freezes the backbone layers not trained.
+
+    [cnn (lr_cnn), rnn + cat_tf + dense + dense_softmax (lr_rnn)] + one group per trainable backbone layer
+    group counted from the top (norm_frame, block depth-1, ..., block 0, patch/position/mask embeddings):
+    group i gets ``lr_tfm * tfm_lr_scale ** i``; groups i >= tfm_trainable_layers get requires_grad False.
+    """
+    backbone = model.backbone
+    backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    own = [(name, p) for name, p in model.named_parameters() if id(p) not in backbone_ids]
+    groups = [
+        {"name": "cnn", "params": [p for name, p in own if name.startswith("cnn.")], "lr": lr_cnn},
+        {"name": "rnn", "params": [p for name, p in own if not name.startswith("cnn.")], "lr": lr_rnn},
+    ]
+    for i, params in enumerate(backbone.layer_groups() if backbone is not None else []):
+        trainable = i < tfm_trainable_layers
+        for p in params:
+            p.requires_grad_(trainable)
+        if trainable:
+            groups.append({"name": f"tfm{i}", "params": params, "lr": lr_tfm * tfm_lr_scale**i})
+    return groups
+
+
+class Stage1Module(L.LightningModule):
+    """Mean-teacher training of a CRNN student; ``config`` is the run configuration (run.run_config)."""
+
+    stage = 1
+    warm_start_ema = True  # alpha = min(1 - 1/(n + 1), ema_factor)
+    cosine_final: float | None = None  # lr after ramp-up: constant
+    weak_weight = 1.0  # weight of the weak terms (supervised and consistency) relative to the strong ones
+
+    def __init__(self, config: dict, student: CRNN, teacher: CRNN | None = None, distil: bool = False, fingerprint: str = ""):
+        super().__init__()
+        self.config = config
+        self.hp = config["training"]["stage"]
+        self.sed_student = student
+        self.sed_teacher = teacher if teacher is not None else copy.deepcopy(student)
+        for p in self.sed_teacher.parameters():
+            p.requires_grad_(False)
+        frontends = build_frontends(config["frontends"])
+        self.crnn_frontend, self.atst_frontend = frontends.crnn, frontends.atst
+        self.groups = batch_groups(self.hp["batch_sizes"])
+        self.mix_slices = [self.groups["strong"], self.groups["weak"], self.groups["unlabeled"]]
+        self.distil_weight = float(self.hp["distillation"]["weight"]) if distil else 0.0
+        self.fingerprint = fingerprint
+        self.rng = np.random.default_rng([int(config["member"]["seed"]), self.stage])
+        self.rampup_steps = 0
+        self._ema_step = 0
+        self._val: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ optimisation
+    def param_groups(self) -> list[dict[str, Any]]:
+        return optimizer_groups(self.sed_student, self.hp["lr_cnn"], self.hp["lr_rnn"])
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.param_groups(), betas=(0.9, 0.999))
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = total / max(1, self.trainer.max_epochs)
+        self.rampup_steps = int(round(self.hp["warmup_epochs"] * per_epoch))
+        scheduler = lr_scheduler(optimizer, self.rampup_steps, total, self.cosine_final)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def consistency_weight(self) -> float:
+        """``const_max`` x ramp-up at the optimizer step being taken (1-based)."""
+        return self.hp["const_max"] * exp_rampup(self.global_step + 1, self.rampup_steps)
+
+    def on_train_start(self) -> None:
+        self._ema_step = self.global_step
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        step = self.global_step  # optimizer steps taken so far (accumulation: only some batches step)
+        if step > self._ema_step:
+            ema_update(self.sed_teacher, self.sed_student, ema_alpha(step, self.hp["ema_factor"], self.warm_start_ema))
+            self._ema_step = step
+
+    # ------------------------------------------------------------------ shared loss pieces
+    def mixup(self, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[Mix | None] | None]:
+        """Group-wise mixup of ``tensors`` (one draw per group, shared by every tensor)."""
+        mixes = draw_group_mixes(self.mix_slices, self.hp["mixup_p"], self.hp["mixup_alpha"], self.rng)
+        return (tensors if mixes is None else mix_groups(tensors, self.mix_slices, mixes)), mixes
+
+    def supervised(self, out: SEDOutput, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """BCE on the strong group's frames + weak_weight x BCE on the weak group's clip labels."""
+        loss = out.strong.new_zeros(())
+        strong, weak = self.groups["strong"], self.groups["weak"]
+        if strong.stop > strong.start:
+            loss = loss + losses.bce(out.strong[strong], targets["strong"][strong])
+        if weak.stop > weak.start:
+            loss = loss + self.weak_weight * losses.bce(out.weak[weak], targets["weak"][weak])
+        return loss
+
+    def distillation(self, out: SEDOutput, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.distil_weight <= 0:
+            return out.strong.new_zeros(())
+        return losses.distillation(out.strong_logits, targets["pseudo"], self.hp["distillation"]["loss"])
+
+    def log_train(self, batch_size: int, **terms: torch.Tensor | float) -> None:
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=True, prog_bar=name == "loss", batch_size=batch_size)
+        for group in self.trainer.optimizers[0].param_groups[:2]:
+            self.log(f"lr/{group['name']}", group["lr"], on_step=True, on_epoch=False, batch_size=batch_size)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        mixed, _ = self.mixup({k: batch[k] for k in ("crnn_mel", *TARGET_KEYS) if k in batch})
+        crnn = self.crnn_frontend.normalize(mixed["crnn_mel"])
+        student = self.sed_student(crnn, embeddings=batch["embeddings"])
+        with torch.no_grad():
+            teacher = self.sed_teacher(crnn, embeddings=batch["embeddings"])
+        supervised = self.supervised(student, mixed)
+        consistency = losses.mse(student.strong, teacher.strong) + losses.mse(student.weak, teacher.weak)
+        weight = self.consistency_weight()
+        distillation = self.distillation(student, mixed)
+        loss = supervised + weight * consistency + self.distil_weight * distillation
+        self.log_train(len(crnn), loss=loss, supervised=supervised, consistency=consistency,
+                       consistency_weight=weight, distillation=distillation)  # fmt: skip
+        return loss
+
+    # ------------------------------------------------------------------ validation
+    def predict_pair(self, batch: dict[str, torch.Tensor]) -> tuple[SEDOutput, SEDOutput]:
+        """Student and teacher outputs on unaugmented inputs."""
+        crnn = self.crnn_frontend.normalize(batch["crnn_mel"])
+        return self.sed_student(crnn, embeddings=batch["embeddings"]), self.sed_teacher(crnn, embeddings=batch["embeddings"])
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = {"sums": defaultdict(float), "counts": defaultdict(int), "strong": {}}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        outputs = dict(zip(("student", "teacher"), self.predict_pair(batch)))
+        sets: list[ValidationSet] = self.trainer.datamodule.validation
+        parts, clips = batch["part"].tolist(), batch["clip"].tolist()
+        for set_index in sorted(set(parts)):
+            rows = [i for i, p in enumerate(parts) if p == set_index]
+            vset = sets[set_index]
+            for net, out in outputs.items():
+                if vset.kind == "strong":
+                    pred, target = out.strong[rows], batch["strong"][rows]
+                else:
+                    pred, target = out.weak[rows], batch["weak"][rows]
+                self._val["sums"][(net, vset.kind)] += float(losses.bce(pred, target)) * target.numel()
+                self._val["counts"][(net, vset.kind)] += target.numel()
+            if vset.kind == "strong":
+                probs = outputs["teacher"].strong[rows].float().cpu().numpy()
+                for j, clip in enumerate(clips[i] for i in rows):
+                    self._val["strong"][(set_index, clip)] = probs[j]
+
+    def validation_metrics(self) -> dict[str, float]:
+        """Mean BCEs per network and kind, and the teacher's PSDS1 / PSDS2 on the strong validation splits."""
+        metrics = {f"val/{net}/{kind}_bce": self._val["sums"][(net, kind)] / count
+                   for (net, kind), count in self._val["counts"].items() if count}  # fmt: skip
+        if self._val["strong"]:
+            metrics.update(self.teacher_psds())
+        return metrics
+
+    def teacher_psds(self) -> dict[str, float]:
+        """PSDS1 and PSDS2 of the teacher's median-filtered strong outputs, all strong validation clips pooled.
+
+        Each clip is scored on its first ``clip_seconds`` (the window the model saw): frames up to the clip's
+        true length, ground truth and duration cut at the window's end. Clips without events are dropped, as
+        in the published validation.
+        """
+        sets: list[ValidationSet] = self.trainer.datamodule.validation
+        geometry = self.trainer.datamodule.geometry
+        classes, windows = self.config["classes"], self.config["median_window"]
+        tables, ground_truth, durations = {}, {}, {}
+        for (set_index, clip), probs in self._val["strong"].items():
+            clips = sets[set_index].clips
+            key = f"{sets[set_index].name}/{clips.filenames[clip]}"
+            duration = min(float(clips.durations[clip]), geometry.clip_seconds)
+            n_frames = min(probs.shape[-1], int(np.ceil(duration / geometry.frame_hop - 1e-9)))
+            tables[key] = postprocess_table(score_table(probs[:, :n_frames].T, classes, geometry.frame_hop, duration), windows)
+            ground_truth[key] = [(on, min(off, duration), label) for on, off, label in clips.events[clip] if on < duration]
+            durations[key] = duration
+        ground_truth, durations = clips_with_events(ground_truth, durations)
+        tables = {key: tables[key] for key in ground_truth}
+        return {f"val/teacher/{name}": psds(tables, ground_truth, durations, scenario).value for name, scenario in SCENARIOS.items()}
+
+    def objective(self, metrics: dict[str, float]) -> float:
+        """Stage 1: mean of the teacher's weak and strong validation BCEs (lower is better)."""
+        terms = [metrics[k] for k in ("val/teacher/weak_bce", "val/teacher/strong_bce") if k in metrics]
+        return float(np.mean(terms))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val.get("counts"):
+            return
+        metrics = self.validation_metrics()
+        metrics["val/obj"] = self.objective(metrics)
+        for name, value in metrics.items():
+            self.log(name, value, prog_bar=name == "val/obj", sync_dist=False)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["sedlib"] = {
+            "fingerprint": self.fingerprint,
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("sedlib", {})
+        if state.get("fingerprint") != self.fingerprint:
+            raise ValueError("checkpoint was written by a run with other settings or inputs (fingerprint differs)")
+        self.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -1,0 +1,166 @@
+"""Partial re-runs: which jobs of the real embedded DAG a configuration edit schedules.
+
+Every rule passes exactly the configuration it reads as a JSON ``params`` value, so Snakemake's params and input
+rerun triggers re-run the rules whose settings changed and everything downstream, and nothing else. The module
+fixture builds a "finished" workflow without running any job: it creates every output of the full DAG as an empty
+file or folder and records provenance with ``snakemake --touch --forceall``. Each test edits the configuration of
+a copy of that state and reads Snakemake's plan from ``snakemake --summary`` (per output: "update pending" or
+"no update"), i.e. what ``snakemake --profile profiles/local`` would run next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+TIMEOUT_S = 180
+
+# Every output of the default target's DAG with its directory() flag. Snakemake has no CLI listing that carries
+# the flag, so this uses its Python API and the DAG it builds (internal names of the pinned Snakemake 9.27.1).
+LIST_OUTPUTS = """
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import DAGSettings, OutputSettings, Quietness, ResourceSettings
+
+root = Path(sys.argv[1]).resolve()
+with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+    workflow_api = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=root / "Snakefile", workdir=root)
+    workflow_api.dag(DAGSettings())
+    workflow = workflow_api._workflow
+    workflow._prepare_dag(forceall=False, ignore_incomplete=True, lock_warn_only=True)
+    workflow._build_dag()
+    print(json.dumps(sorted({(str(f), bool(f.is_directory)) for job in workflow.dag.jobs for f in job.output})))
+"""
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def run_snakemake(root: Path, *args: str) -> str:
+    proc = subprocess.run(
+        [*SNAKEMAKE, *args], cwd=root, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+def plan(root: Path) -> dict[str, tuple[str, bool]]:
+    """output path -> (rule, will it be (re)built), for every output of the default target's DAG."""
+    result = {}
+    for line in run_snakemake(root, "--cores", "1", "--summary").splitlines():
+        fields = line.split("\t")
+        if len(fields) == 6 and fields[0] != "output_file":
+            result[fields[0]] = (fields[2], fields[5] == "update pending")
+    assert result, "snakemake --summary listed no outputs"
+    return result
+
+
+def pending(root: Path) -> tuple[set[str], dict[str, tuple[str, bool]]]:
+    current = plan(root)
+    return {path for path, (_, todo) in current.items() if todo}, current
+
+
+def edit_config(root: Path, edit) -> None:
+    path = root / "workflow_config.yaml"
+    config = yaml.safe_load(path.read_text())
+    edit(config)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def under(paths, *prefixes: str) -> set[str]:
+    return {p for p in paths if p.startswith(prefixes)}
+
+
+# Outputs that no training change may touch: data, features, backbone, embeddings.
+UPSTREAM = ("results/data/", "results/features/", "results/backbone/", "results/embeddings/")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, copy_workflow) -> Path:
+    """A workflow copy whose every output exists, with provenance recorded as if each job had run."""
+    root = copy_workflow(tmp_path_factory.mktemp("finished"))
+    listing = subprocess.run(
+        [sys.executable, "-c", LIST_OUTPUTS, str(root)],
+        cwd=root, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S,
+    )
+    assert listing.returncode == 0, listing.stderr[-4000:]
+    outputs = json.loads(listing.stdout.strip().splitlines()[-1])
+    for path, is_directory in outputs:
+        target = root / path
+        if is_directory:
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch()
+    run_snakemake(root, "--cores", "1", "--touch", "--forceall", "--quiet")
+    todo, current = pending(root)
+    assert len(current) == len(outputs) and not todo, f"unchanged config must schedule nothing, got {sorted(todo)}"
+    return root
+
+
+@pytest.fixture
+def state(finished: Path, tmp_path: Path) -> Path:
+    """A private copy of the finished state (copy2 keeps the mtimes that the touch run ordered)."""
+    return Path(shutil.copytree(finished, tmp_path / "wf", symlinks=True))
+
+
+def test_stage2_hyperparameter_reruns_stage2_and_downstream_only(state):
+    edit_config(state, lambda c: c["training"]["stage2"].update(lr_rnn=c["training"]["stage2"]["lr_rnn"] * 2))
+    todo, current = pending(state)
+    stage2 = {p for p, (rule, _) in current.items() if rule == "train_stage2"}
+    assert stage2 and stage2 <= todo, "every stage-2 model (all members, all iterations) must be retrained"
+    assert not under(todo, *UPSTREAM), f"data/features/backbone must not re-run: {sorted(under(todo, *UPSTREAM))}"
+    assert not under(todo, "results/iter1/stage1/"), "stage 1 of iteration 1 does not depend on stage 2"
+    # Downstream of every stage-2 model: pseudo-labels, iteration 2 (trained on them), scores, the final metrics.
+    assert under(current, "results/iter1/pseudo_labels/") <= todo
+    assert under(current, "results/iter2/") <= todo
+    assert under(current, "results/iter1/scores/") <= todo
+    assert "results/eval_psds.json" in todo
+
+
+def test_median_window_reruns_only_evaluation(state):
+    edit_config(state, lambda c: c["evaluation"].update(median_window=[w + 2 for w in c["evaluation"]["median_window"]]))
+    todo, current = pending(state)
+    assert "results/eval_psds.json" in todo
+    # Median filtering is post-processing inside `evaluate` (scores are stored before it): nothing else re-runs
+    # but the figures drawn from the post-processed detections.
+    evaluation = {p for p, (rule, _) in current.items() if rule in ("evaluate", "plot")}
+    extra = todo - evaluation
+    assert not extra, f"rules re-run besides evaluate/plot: {sorted({current[p][0] for p in extra})}"
+
+
+def test_added_member_runs_only_its_jobs_and_the_ensemble(state):
+    edit_config(state, lambda c: c["training"]["members"].append({"name": "seed3", "seed": 3}))
+    todo, current = pending(state)
+    new = {p for p in current if "/seed3/" in p or "/seed3_" in p}
+    assert new and new <= todo, "the new member trains, predicts and is scored"
+    assert not under(todo, *UPSTREAM)
+    old_iter1 = {
+        p for p in under(current, "results/iter1/")
+        if any(f"/{m}/" in p or f"/{m}_" in p for m in ("seed1", "seed2"))
+    }
+    assert old_iter1 and not (old_iter1 & todo), f"existing members re-run: {sorted(old_iter1 & todo)}"
+    # The ensemble of iteration 1 changes, so its pseudo-labels and scores, and iteration 2 (trained on those
+    # pseudo-labels, every member) are rebuilt.
+    assert under(current, "results/iter1/pseudo_labels/ensemble/", "results/iter1/scores/ensemble/") <= todo
+    assert under(current, "results/iter2/") <= todo
+    assert "results/eval_psds.json" in todo
+
+
+def test_synthetic_size_reruns_the_whole_chain(state):
+    edit_config(state, lambda c: c["datasets"]["desed"]["synthetic"]["sizes"].update(
+        synth_train=c["datasets"]["desed"]["synthetic"]["sizes"]["synth_train"] + 8))
+    todo, current = pending(state)
+    assert "results/data/desed/raw/manifest.json" in todo
+    # Every artifact derives from the synthesized audio.
+    assert todo == set(current), sorted(set(current) - todo)

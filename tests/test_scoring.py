@@ -1,0 +1,91 @@
+"""`score`: a model's logits and sed_scores_eval tables on a split of real recordings; the ensemble average."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import expit
+from sed_scores_eval.base_modules.io import read_sed_scores
+
+from sedlib.cli import main
+from sedlib.data.labels import n_output_frames
+from sedlib.evaluation.postprocess import read_score_dir
+from sedlib.evaluation.scoring import load_predictor, load_wave, score_ensemble
+from sedlib.pseudo.predict import resolve_device
+from sedlib.pseudo.store import read_logits, write_logits
+from sedlib.models.windowing import predict_clip
+
+CLASSES = [f"c{k}" for k in range(3)]
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory, shared_data):
+    """A 16 kHz split of two real recordings (10 s float, 4.2 s PCM16) and its durations file."""
+    root = tmp_path_factory.mktemp("split")
+    audio = root / "audio_16k"
+    audio.mkdir()
+    for name in ("speech_en.wav", "speech_zh.wav"):
+        shutil.copy(shared_data / "audio" / name, audio / name)
+    (root / "durations.tsv").write_text("filename\tduration\nspeech_en.wav\t10.0\nspeech_zh.wav\t4.2\n")
+    return root
+
+
+def test_score_model_writes_exact_logits_and_sigmoid_tables(tmp_path, split, random_model_file):
+    logits_out, scores_out = tmp_path / "logits.h5", tmp_path / "scores"
+    rc = main(["score", "--model-file", str(random_model_file), "--which", "student", "--audio-dir",
+               str(split / "audio_16k"), "--durations", str(split / "durations.tsv"), "--config-json",
+               '{"window_seconds": 10.0, "hop_seconds": 5.0}', "--iteration", "1", "--logits-out", str(logits_out),
+               "--scores-out", str(scores_out), "--device", "cpu"])
+    assert rc == 0
+    stored = read_logits(logits_out)
+    assert stored.filenames == ["speech_en.wav", "speech_zh.wav"] and stored.average == "member"
+    assert stored.provenance["network"] == "student" and stored.frame_hop == pytest.approx(0.064)
+    model, frontends, _ = load_predictor(random_model_file, "student", resolve_device("cpu"))
+    tables = read_score_dir(scores_out)
+    assert sorted(tables) == ["speech_en", "speech_zh"]
+    for name, duration in (("speech_en.wav", 10.0), ("speech_zh.wav", 4.2)):
+        wave = torch.from_numpy(load_wave(split / "audio_16k" / name, 16000))
+        direct = predict_clip(model, frontends, wave, 10.0, 5.0).numpy()
+        np.testing.assert_array_equal(stored.clip(name), direct)
+        table = tables[name[:-4]]
+        assert len(table) == n_output_frames(duration, 256, 16000, 4) == direct.shape[1]  # 156 / 65 frames
+        assert table["onset"].iloc[0] == 0.0 and table["offset"].iloc[-1] <= duration
+        np.testing.assert_allclose(table[stored.classes].to_numpy(), expit(direct.astype(np.float64)).T, rtol=0, atol=1e-15)
+
+
+def _member_file(path, logits, n_frames, filenames):
+    write_logits(path, filenames, logits.astype(np.float32), n_frames, CLASSES, 0.064, {"member": path.stem}, "member")
+    return path
+
+
+@pytest.mark.parametrize("mode", ["logits", "probabilities"])
+def test_score_ensemble_averages_member_logits(tmp_path, mode):
+    rng = np.random.default_rng(0)
+    names, n_frames = ["a.wav", "b.wav"], np.array([156, 65])
+    members = [rng.normal(0, 3, (2, 3, 156)) for _ in range(3)]
+    paths = [_member_file(tmp_path / f"m{k}.h5", x, n_frames, names) for k, x in enumerate(members)]
+    durations = tmp_path / "durations.tsv"
+    durations.write_text("filename\tduration\na.wav\t10.0\nb.wav\t4.2\n")
+    score_ensemble(paths, mode, 1, durations, tmp_path / "ens.h5", tmp_path / "scores")
+    stored = [x.astype(np.float32).astype(np.float64) for x in members]
+    if mode == "logits":
+        expected = expit(np.mean(stored, axis=0))
+    else:
+        expected = np.mean([expit(x) for x in stored], axis=0)
+    for row, clip in enumerate(["a", "b"]):
+        table = read_sed_scores(tmp_path / "scores" / f"{clip}.tsv")
+        assert len(table) == n_frames[row]
+        # float32 storage of the averaged logits: probabilities within 1e-6
+        np.testing.assert_allclose(table[CLASSES].to_numpy(), expected[row, :, : n_frames[row]].T, atol=1e-6)
+    assert read_logits(tmp_path / "ens.h5").average == mode
+
+
+def test_score_ensemble_rejects_members_of_different_splits(tmp_path):
+    rng = np.random.default_rng(1)
+    a = _member_file(tmp_path / "a.h5", rng.normal(size=(1, 3, 156)), np.array([156]), ["a.wav"])
+    b = _member_file(tmp_path / "b.h5", rng.normal(size=(1, 3, 156)), np.array([156]), ["z.wav"])
+    (tmp_path / "d.tsv").write_text("filename\tduration\na.wav\t10.0\n")
+    with pytest.raises(ValueError, match="filenames"):
+        score_ensemble([a, b], "logits", 1, tmp_path / "d.tsv", tmp_path / "e.h5", tmp_path / "s")
+    assert not (tmp_path / "s").exists() and not (tmp_path / "e.h5").exists()
