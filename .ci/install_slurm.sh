@@ -21,4 +21,4 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # Debian 12: SLURM 22.05. No systemd here: the postinst scripts may fail to start services; that is expected.
 apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
-echo "install_slurm: installed $(sinfo --version 2>/dev/null || echo 'slurm (version unknown)')"
+echo "install_slurm: installed $(dpkg-query -W -f='${Package} ${Version}' slurmctld)"

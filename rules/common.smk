@@ -60,6 +60,24 @@ def raw_ready(dataset):
     return []
 
 
+def split_raw_path(dataset, split, key):
+    """A split's `audio`, `metadata` or `durations` entry as a path under the dataset's raw root ('' when unset)."""
+    value = split_cfg(dataset, split).get(key)
+    return f"{raw_root(dataset)}/{value}" if value else ""
+
+
+def archive_cfg(dataset, name):
+    """The `archives` entry called `name` of a download dataset."""
+    for archive in dataset_cfg(dataset).get("archives", []):
+        if archive["name"] == name:
+            return archive
+    raise ValueError(f"datasets.{dataset}.archives has no archive named '{name}'")
+
+
+def synthetic_datasets():
+    return [name for name, ds in config["datasets"].items() if ds["source"] == "synthetic"]
+
+
 def resampled_dir(dataset, split):
     return f"{R}/data/{dataset}/{split}/audio_16k"
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import pandas as pd
-import torch
 
 from sedlib.config import load_config
 from sedlib.evaluation.postprocess import (
@@ -95,6 +94,8 @@ def infer_files(
             raise ValueError(f"{path}: another input has the same name stem '{clip}' (outputs would collide)")
         wave = load_wave(path, frontends.crnn.sample_rate)
         logits = predict_logits(model, frontends, wave, window_s, hop_s, dev)
+        if logits.shape[1] == 0:
+            raise ValueError(f"{path}: {len(wave)} samples is shorter than one output frame ({info['frame_hop']} s)")
         duration = len(wave) / frontends.crnn.sample_rate
         tables[clip] = score_table(probabilities(logits), info["classes"], info["frame_hop"], duration)
         names[clip] = path.name

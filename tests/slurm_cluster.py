@@ -8,8 +8,8 @@ munge listens on a private socket, SLURM on two free localhost ports, and client
 ``SLURM_CONF`` in :attr:`SlurmCluster.env`.
 
 The node declares 16 CPUs, 64 GB and one GPU whatever the machine has (``SlurmdParameters=config_overrides``;
-the GPU's device file is ``/dev/null``): enough for the SLURM profile's default requests, and a GPU request that
-the scheduler accounts for (TRES ``gres/gpu``) although no GPU exists. Accounting is off (no slurmdbd), like on
+the GPU's device file is ``/dev/null``): enough for the SLURM profile's requests, and a GPU that the scheduler
+allocates (``TresPerJob=gres:gpu:1``, ``CUDA_VISIBLE_DEVICES`` set in the job) although none exists. Accounting is off (no slurmdbd), like on
 clusters where ``sacct`` does not work; ``MinJobAge`` keeps finished jobs visible to ``squeue`` for 5 minutes.
 
 Debian 12: ``apt-get install slurmctld slurmd slurm-client munge`` (SLURM 22.05), see ``.ci/install_slurm.sh``.
@@ -151,7 +151,8 @@ MinJobAge=300
 SlurmdParameters=config_overrides
 DefMemPerCPU=1000
 GresTypes=gpu
-NodeName={NODE} NodeAddr=127.0.0.1 NodeHostname=localhost CPUs={NODE_CPUS} RealMemory={NODE_MEM_MB} Gres=gpu:{NODE_GPUS} State=UNKNOWN
+NodeName={NODE} NodeAddr=127.0.0.1 NodeHostname=localhost State=UNKNOWN \
+  CPUs={NODE_CPUS} RealMemory={NODE_MEM_MB} Gres=gpu:{NODE_GPUS}
 {partitions}
 """
     )

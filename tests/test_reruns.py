@@ -129,7 +129,10 @@ def test_stage2_hyperparameter_reruns_stage2_and_downstream_only(state):
 
 
 def test_median_window_reruns_only_evaluation(state):
-    edit_config(state, lambda c: c["evaluation"].update(median_window=[w + 2 for w in c["evaluation"]["median_window"]]))
+    def widen(config):
+        config["evaluation"]["median_window"] = [w + 2 for w in config["evaluation"]["median_window"]]
+
+    edit_config(state, widen)
     todo, current = pending(state)
     assert "results/eval_psds.json" in todo
     # Median filtering is post-processing inside `evaluate` (scores are stored before it): nothing else re-runs

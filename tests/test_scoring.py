@@ -1,10 +1,16 @@
 """`score`: a model's logits and sed_scores_eval tables on a split of real recordings; the ensemble average."""
 
+import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from scipy.special import expit
 from sed_scores_eval.base_modules.io import read_sed_scores
 
@@ -13,8 +19,8 @@ from sedlib.data.labels import n_output_frames
 from sedlib.evaluation.postprocess import read_score_dir
 from sedlib.evaluation.scoring import load_predictor, load_wave, score_ensemble
 from sedlib.pseudo.predict import resolve_device
-from sedlib.pseudo.store import read_logits, write_logits
 from sedlib.models.windowing import predict_clip
+from sedlib.pseudo.store import read_logits, write_logits
 
 CLASSES = [f"c{k}" for k in range(3)]
 
@@ -89,3 +95,46 @@ def test_score_ensemble_rejects_members_of_different_splits(tmp_path):
     with pytest.raises(ValueError, match="filenames"):
         score_ensemble([a, b], "logits", 1, tmp_path / "d.tsv", tmp_path / "e.h5", tmp_path / "s")
     assert not (tmp_path / "s").exists() and not (tmp_path / "e.h5").exists()
+
+
+@pytest.mark.slow
+def test_evaluation_rules_end_to_end(tmp_path, copy_workflow, shared_data, random_model_file):
+    """score_model -> score_ensemble -> evaluate -> plot -> HTML report on a copied workflow, with stand-in
+    data files and random stage-2 models in place (only the evaluation rules may run)."""
+    root = copy_workflow(tmp_path / "wf")
+    config = yaml.safe_load((root / "workflow_config.yaml").read_text())
+    config["training"]["iterations"] = 1
+    config["evaluation"].update(splits=["desed/devtest"], models="teacher", bootstrap={"n": 3, "seed": 0},
+                                activity_plots=2, psds_eval_thresholds=5)
+    (root / "test_config.yaml").write_text(yaml.safe_dump(config))
+    classes = config["datasets"]["desed"]["classes"]
+    split = root / "results/data/desed/devtest"
+    (split / "audio_16k").mkdir(parents=True)
+    rows, durations = [], []
+    for k, (name, seconds) in enumerate([("speech_en", 10.0), ("speech_zh", 4.2), ("speech_en", 10.0)] * 4):
+        clip = f"clip{k:02d}.wav"
+        shutil.copy(shared_data / "audio" / f"{name}.wav", split / "audio_16k" / clip)
+        durations.append(f"{clip}\t{seconds}")
+        rows += [f"{clip}\t0.5\t{seconds - 1:.1f}\t{classes[k % 10]}", f"{clip}\t1.0\t2.0\t{classes[(k + 3) % 10]}"]
+    (split / "durations.tsv").write_text("filename\tduration\n" + "\n".join(durations) + "\n")
+    (split / "metadata.tsv").write_text("filename\tonset\toffset\tevent_label\n" + "\n".join(rows) + "\n")
+    for member in ("seed1", "seed2"):
+        target = root / f"results/iter1/stage2/{member}/model.pt"
+        target.parent.mkdir(parents=True)
+        shutil.copy(random_model_file, target)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    snakemake = [sys.executable, "-m", "snakemake", "--configfile", "test_config.yaml", "--cores", "2"]
+    allowed = ["--allowed-rules", "score_model", "score_ensemble", "evaluate", "plot", "all"]
+    for extra in ([*allowed, "--resources", "gpu=1"], ["--report", "results/report.html"]):
+        proc = subprocess.run([*snakemake, *extra], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads((root / "results/eval_psds.json").read_text())
+    assert list(doc["results"]["iter1"]) == ["seed1_teacher", "seed2_teacher", "ensemble"]
+    entry = doc["results"]["iter1"]["ensemble"]["desed/devtest"]
+    assert entry["clips"] == 12 and 0.0 <= entry["psds1"]["value"] <= 1.0
+    # both members are the same random model: the ensemble of identical logits equals each member
+    assert entry["psds2"]["value"] == doc["results"]["iter1"]["seed1_teacher"]["desed/devtest"]["psds2"]["value"]
+    for name in ("psd_roc_comparison.png", "psd_roc/iter1/ensemble.png", "activity/01.png", "metrics_table.html"):
+        assert (root / "results/plots" / name).stat().st_size > 1000
+    report = (root / "results/report.html").read_text()
+    assert "metrics_table.html" in report and "psd_roc_comparison.png" in report

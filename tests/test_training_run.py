@@ -278,14 +278,17 @@ def test_failed_run_resumes_from_last_checkpoint(fake, tmp_path):
     last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert (last["epoch"], last["global_step"]) == (0, 2) and not (out / "model.pt").exists()
 
-    starts = []
+    starts, sampler_epochs = [], []
 
-    class FirstStep(Callback):
+    class Probe(Callback):
         def on_train_start(self, trainer, pl_module):
             starts.append((trainer.current_epoch, trainer.global_step))
 
-    train(config, fake["inputs"], out, callbacks=[FirstStep()])
-    assert starts == [(1, 2)]
+        def on_train_epoch_start(self, trainer, pl_module):
+            sampler_epochs.append(trainer.train_dataloader.batch_sampler.epoch)
+
+    train(config, fake["inputs"], out, callbacks=[Probe()])
+    assert starts == [(1, 2)] and sampler_epochs == [1, 2]  # Lightning's set_epoch reaches the group sampler
     rows = (out / "metrics.csv").read_text().splitlines()[1:]
     assert [r.split(",")[:2] for r in rows] == [["0", "2"], ["1", "4"], ["2", "6"]]
 

@@ -111,33 +111,49 @@ def _colored_noise(rng: np.random.Generator, n: int, exponent: float) -> np.ndar
     return _normalized(sfft.irfft(spectrum * f ** F32(-exponent / 2.0), size)[:n])
 
 
-def _slow_curve(rng: np.random.Generator, n: int, sr: int, rate_hz: float) -> np.ndarray:
+def _slow_curve(rng: np.random.Generator, n: int, sr: int, rate_hz: float, step: int = 32) -> np.ndarray:
     """(n,) smooth random curve in [-1, 1]: random knots every 1/rate_hz s, cosine-interpolated.
 
-    The curve is computed every 32 samples and linearly interpolated (it varies at most at 30 Hz).
+    The curve is computed every ``step`` samples and linearly interpolated (it varies at most at 30 Hz).
     """
     n_knots = int(n / sr * rate_hz) + 2
     knots = rng.uniform(-1.0, 1.0, n_knots)
-    coarse = np.arange(0, n + 32, 32)
-    position = coarse * (rate_hz / sr)
+    position = np.arange(n // step + 2) * (step * rate_hz / sr)
     i = np.minimum(position.astype(np.int64), n_knots - 2)
     w = 0.5 - 0.5 * np.cos(np.pi * (position - i))
-    return np.interp(np.arange(n), coarse, knots[i] * (1 - w) + knots[i + 1] * w).astype(F32)
+    coarse = (knots[i] * (1 - w) + knots[i + 1] * w).astype(F32)
+    fine = coarse[:-1, None] + np.diff(coarse)[:, None] * (np.arange(step, dtype=F32) / F32(step))
+    return fine.reshape(-1)[:n]
+
+
+def _cycles(f0: np.ndarray, sr: int) -> np.ndarray:
+    """(n,) float32 phase in cycles, wrapped to [0, 1), of an instantaneous frequency f0 (n,) in Hz.
+
+    Accumulated in float64, so long tones keep their pitch exactly.
+    """
+    cycles = np.cumsum(f0.astype(np.float64))
+    cycles *= 1.0 / sr
+    cycles -= np.floor(cycles)
+    return cycles.astype(F32)
 
 
 def _harmonics(f0: np.ndarray, sr: int, amplitudes, rng: np.random.Generator) -> np.ndarray:
     """Sum of harmonics k*f0(t) (f0 (n,) in Hz) with the given amplitudes; harmonics near Nyquist dropped.
 
-    amplitudes: K constants or K (n,) time-varying weights. The phase is accumulated in float64 cycles and
-    wrapped before the float32 sine, so long tones keep their pitch exactly.
+    amplitudes: K constants or K (n,) time-varying weights.
     """
-    cycles = (np.cumsum(f0, dtype=np.float64) / sr % 1.0).astype(F32)
+    cycles = _cycles(f0, sr)
     top = float(np.max(f0))
     x = np.zeros(len(f0), dtype=F32)
+    partial = np.empty_like(x)
     for k, amp in enumerate(amplitudes, start=1):
         if k * top > 0.45 * sr:
             break
-        x += amp * np.sin(TWO_PI * F32(k) * cycles + F32(rng.uniform(0, 2 * np.pi)))
+        np.multiply(cycles, TWO_PI * F32(k), out=partial)
+        partial += F32(rng.uniform(0, 2 * np.pi))
+        np.sin(partial, out=partial)
+        partial *= amp if isinstance(amp, np.ndarray) else F32(amp)
+        x += partial
     return x
 
 
@@ -218,7 +234,8 @@ def dishes(rng, n, sr):
     length = min(int(5 * taus.max() * sr), n)
     t = _time(length, sr)
     kernel = sum(
-        F32(rng.uniform(0.3, 1.0)) * np.sin(TWO_PI * F32(f) * t) * np.exp(-t / F32(tau)) for f, tau in zip(partials, taus)
+        F32(rng.uniform(0.3, 1.0)) * np.sin(TWO_PI * F32(f) * t) * np.exp(-t / F32(tau))
+        for f, tau in zip(partials, taus)
     )
     click = int(0.002 * sr)
     kernel[:click] += F32(rng.uniform(0.5, 1.5)) * _white(rng, click)
@@ -264,7 +281,7 @@ def shaver(rng, n, sr):
     """Electric shaver / toothbrush: rectangular buzz pulse train (90-280 Hz) with a resonance, plus hiss."""
     t = _time(n, sr)
     f0 = F32(rng.uniform(90, 280)) * (1 + F32(rng.uniform(0.005, 0.02)) * np.sin(TWO_PI * F32(rng.uniform(3, 8)) * t))
-    cycle = (np.cumsum(f0, dtype=np.float64) / sr % 1.0).astype(F32)
+    cycle = _cycles(f0, sr)
     duty = F32(rng.uniform(0.1, 0.4))
     buzz = _filter((cycle < duty).astype(F32) - duty, sr, "high", rng.uniform(150, 500))
     buzz = buzz + F32(rng.uniform(0.5, 2.0)) * _resonator(buzz, sr, rng.uniform(2000, 5000), rng.uniform(200, 800))
@@ -278,9 +295,10 @@ def frying(rng, n, sr):
     """Sizzle: crackling random impulses (heavy-tailed amplitudes) through short bright kernels, plus hiss."""
     positions = rng.integers(0, n, rng.poisson(rng.uniform(30, 300) * n / sr) + 1)
     length = int(rng.uniform(0.002, 0.006) * sr)
-    kernel = _filter(_white(rng, length), sr, "high", rng.uniform(1500, 5000)) * np.exp(-np.linspace(0, 5, length, dtype=F32))
+    kernel = _filter(_white(rng, length), sr, "high", rng.uniform(1500, 5000))
+    kernel *= np.exp(-np.linspace(0, 5, length, dtype=F32))
     crackle = _place(n, positions, kernel, rng.pareto(2.5, len(positions)) + 0.2)
-    hiss = _filter(_white(rng, n), sr, "high", rng.uniform(3000, 7000))
+    hiss = _filter(_white(rng, n), sr, "band", [rng.uniform(2000, 6000), rng.uniform(7000, 16000)])
     hiss *= 1 + F32(rng.uniform(0.3, 0.6)) * _slow_curve(rng, n, sr, rng.uniform(0.5, 2))
     x = _normalized(crackle) + F32(rng.uniform(0.3, 1.0)) * _normalized(hiss)
     return x * _ramp(n, sr, rng.uniform(0.2, 0.5), rng.uniform(0.2, 0.5))
@@ -315,7 +333,7 @@ def speech(rng, n, sr):
         u = np.linspace(0, 1, length, dtype=F32)
         declination = 1.1 - 0.25 * start / n
         f0 = F32(speaker_f0 * declination * rng.uniform(0.9, 1.2)) * (1 + F32(rng.uniform(-0.15, 0.15)) * u)
-        cycle = (np.cumsum(f0, dtype=np.float64) / sr % 1.0).astype(F32)
+        cycle = _cycles(f0, sr)
         source = lfilter(np.array([1.0], F32), np.array([1.0, -0.9], F32), cycle - F32(0.5))
         f1, f2, f3 = VOWEL_FORMANTS[rng.integers(len(VOWEL_FORMANTS))] * formant_scale
         voiced = (

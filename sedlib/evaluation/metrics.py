@@ -8,6 +8,7 @@ The methodology and the ``eval_psds.json`` schema are documented in docs/evaluat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import time
@@ -16,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -246,6 +247,7 @@ def psds_eval_value(
         warnings.simplefilter("ignore", category=UserWarning)
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=RuntimeWarning)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
         for k, det in enumerate(detections):
             evaluator.add_operating_point(det, info={"name": f"op{k:02d}"})
         result = evaluator.psds(alpha_ct=scenario.alpha_ct, alpha_st=scenario.alpha_st, max_efpr=scenario.max_efpr)
@@ -253,6 +255,14 @@ def psds_eval_value(
 
 
 # ----------------------------------------------------------------------------- one model on one split
+@contextlib.contextmanager
+def stopwatch(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Record the seconds the block takes as ``timings[key]`` (rounded to ms)."""
+    start = time.perf_counter()
+    yield
+    timings[key] = round(time.perf_counter() - start, 3)
+
+
 def evaluate_tables(
     raw_tables: Mapping[str, pd.DataFrame],
     ground_truth: Mapping[str, list[Event]],
@@ -264,35 +274,31 @@ def evaluate_tables(
     ``settings`` is the config's ``evaluation`` section. Returns the JSON entry and the PSD-ROCs by scenario.
     """
     timings: dict[str, float] = {}
-    start = time.perf_counter()
     gt, dur = clips_with_events(ground_truth, durations)
-    tables = postprocess_tables({clip: raw_tables[clip] for clip in gt}, settings["median_window"])
+    missing = sorted(set(gt) - set(raw_tables))
+    if missing:
+        raise ValueError(f"no score table for {len(missing)} annotated clips, e.g. {missing[:3]}")
+    with stopwatch(timings, "postprocess"):
+        tables = postprocess_tables({clip: raw_tables[clip] for clip in gt}, settings["median_window"])
     require_every_class(gt, table_classes(next(iter(tables.values()))))
-    timings["postprocess"] = time.perf_counter() - start
-
-    boot = settings["bootstrap"]
     entry: dict[str, Any] = {
         "clips": len(gt),
         "clips_without_events": len(durations) - len(gt),
         "events": sum(len(events) for events in gt.values()),
         "hours": sum(dur.values()) / 3600.0,
     }
+    with stopwatch(timings, "psds_eval_tables"):
+        detections = detection_tables(tables, operating_thresholds(settings["psds_eval_thresholds"]))
+    boot = settings["bootstrap"]
     rocs = {}
-    thresholds = operating_thresholds(settings["psds_eval_thresholds"])
-    start = time.perf_counter()
-    detections = detection_tables(tables, thresholds)
-    timings["psds_eval_tables"] = time.perf_counter() - start
     for name, scenario in SCENARIOS.items():
-        start = time.perf_counter()
-        deltas = psds_deltas(tables, gt, scenario)
-        result = psds_from_deltas(deltas, gt, dur, scenario)
-        timings[name] = time.perf_counter() - start
-        start = time.perf_counter()
-        samples = bootstrap_psds(deltas, gt, dur, scenario, boot["n"], boot["seed"])
-        timings[f"{name}_bootstrap"] = time.perf_counter() - start
-        start = time.perf_counter()
-        cross_check = psds_eval_value(detections, gt, dur, scenario)
-        timings[f"{name}_psds_eval"] = time.perf_counter() - start
+        with stopwatch(timings, name):
+            deltas = psds_deltas(tables, gt, scenario)
+            result = psds_from_deltas(deltas, gt, dur, scenario)
+        with stopwatch(timings, f"{name}_bootstrap"):
+            samples = bootstrap_psds(deltas, gt, dur, scenario, boot["n"], boot["seed"])
+        with stopwatch(timings, f"{name}_psds_eval"):
+            cross_check = psds_eval_value(detections, gt, dur, scenario)
         entry[name] = {
             "value": result.value,
             "ci95": confidence_interval(samples),
@@ -302,13 +308,12 @@ def evaluate_tables(
         }
         rocs[name] = result
     f1 = settings["f1"]
-    start = time.perf_counter()
-    entry["f1"] = {
-        "threshold": f1["threshold"],
-        **collar_f1(tables, gt, f1["threshold"], f1["onset_collar"], f1["offset_collar_rate"]),
-    }
-    timings["f1"] = time.perf_counter() - start
-    entry["seconds"] = {key: round(value, 3) for key, value in timings.items()}
+    with stopwatch(timings, "f1"):
+        entry["f1"] = {
+            "threshold": f1["threshold"],
+            **collar_f1(tables, gt, f1["threshold"], f1["onset_collar"], f1["offset_collar_rate"]),
+        }
+    entry["seconds"] = timings
     return entry, rocs
 
 
@@ -349,12 +354,11 @@ def data_manifest(splits: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- command
 def _evaluate_job(job: tuple[dict, dict, dict, dict]) -> tuple[dict, dict]:
     score, ground_truth, durations, settings = job
-    gt, _ = clips_with_events(ground_truth, durations)
-    start = time.perf_counter()
-    tables = read_score_dir(score["dir"], clips=sorted(gt))
-    read_seconds = time.perf_counter() - start
+    timings: dict[str, float] = {}
+    with stopwatch(timings, "read_scores"):
+        tables = read_score_dir(score["dir"], clips=sorted(c for c, events in ground_truth.items() if events))
     entry, rocs = evaluate_tables(tables, ground_truth, durations, settings)
-    entry["seconds"] = {"read_scores": round(read_seconds, 3), **entry["seconds"]}
+    entry["seconds"] = {**timings, **entry["seconds"]}
     return entry, {name: (r.etpr, r.efpr, r.value) for name, r in rocs.items()}
 
 

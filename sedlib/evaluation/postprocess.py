@@ -27,7 +27,7 @@ def probabilities(logits: np.ndarray) -> np.ndarray:
     return expit(np.asarray(logits, dtype=np.float64)).T
 
 
-def frame_timestamps(n_frames: int, frame_hop: float, duration: float | None = None) -> np.ndarray:
+def frame_timestamps(n_frames: int, frame_hop: float, duration: float) -> np.ndarray:
     """(n_frames + 1,) frame boundaries in seconds: ``i * frame_hop``, capped at ``duration`` (seconds).
 
     Raises ValueError when a frame would start at or after the end of the audio (more frames than audio).
@@ -35,14 +35,12 @@ def frame_timestamps(n_frames: int, frame_hop: float, duration: float | None = N
     if n_frames < 1:
         raise ValueError(f"a score table needs at least one frame, got {n_frames}")
     stamps = np.arange(n_frames + 1, dtype=np.float64) * frame_hop
-    if duration is not None:
-        if stamps[-2] >= duration:
-            raise ValueError(
-                f"{n_frames} frames of {frame_hop} s start past the audio duration {duration} s "
-                f"(at most {int(np.ceil(duration / frame_hop))} frames expected)"
-            )
-        stamps = np.minimum(stamps, duration)
-    return stamps
+    if stamps[-2] >= duration:
+        raise ValueError(
+            f"{n_frames} frames of {frame_hop} s start past the audio duration {duration} s "
+            f"(at most {int(np.ceil(duration / frame_hop))} frames expected)"
+        )
+    return np.minimum(stamps, duration)
 
 
 def score_table(scores: np.ndarray, classes: Sequence[str], frame_hop: float, duration: float) -> pd.DataFrame:

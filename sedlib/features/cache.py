@@ -98,11 +98,6 @@ def open_feature_cache(directory: str | Path) -> FeatureCache:
     )
 
 
-def _write_rows(out: np.ndarray, rows: list[int], mel: torch.Tensor) -> None:
-    """Row ``rows[j]`` of ``out`` gets ``mel[j]`` in its first ``mel.shape[-1]`` frames."""
-    out[rows, :, : mel.shape[-1]] = mel.numpy()
-
-
 def build_feature_cache(
     durations_file: Path, audio_dir: Path, out_dir: Path, frontends_cfg: dict, clip_seconds: float, batch_size: int = 16
 ) -> FeatureCache:
@@ -146,7 +141,8 @@ def build_feature_cache(
                 with torch.inference_mode():
                     wave_batch = torch.from_numpy(batch)
                     for name, fe in fronts:
-                        _write_rows(arrays[name], rows, fe.mel(wave_batch))
+                        mel = fe.mel(wave_batch).numpy()  # (b, n_mels, frames of this padded length)
+                        arrays[name][rows, :, : mel.shape[-1]] = mel
             log.info("%d clips of %.2f s done", len(group), length / sample_rate)
         for array in arrays.values():
             array.flush()

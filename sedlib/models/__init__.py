@@ -10,8 +10,7 @@ __all__ = ["ATSTFrame", "CRNN", "SEDOutput", "build_backbone", "build_sed_model"
 
 def build_backbone(model_cfg: dict, frontends_cfg: dict) -> ATSTFrame:
     """ATST-Frame of the sizes in ``config["model"]["backbone"]`` (random initialisation)."""
-    bb = model_cfg["backbone"]
-    return ATSTFrame(bb["embed_dim"], bb["depth"], bb["num_heads"], bb["mlp_ratio"], n_mels=frontends_cfg["atst"]["n_mels"])
+    return ATSTFrame.from_config(model_cfg["backbone"], frontends_cfg["atst"]["n_mels"])
 
 
 def build_sed_model(config: dict, n_classes: int, backbone_file: str | None = None) -> CRNN:

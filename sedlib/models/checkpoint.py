@@ -242,8 +242,7 @@ def fetch_backbone(backbone_cfg: dict, atst_frontend_cfg: dict, out: Path, downl
         download_file(spec["url"], source, spec["checksum"])
     else:
         raise ValueError("model.backbone.checkpoint: expected 'path', or 'url' + 'checksum'")
-    backbone = ATSTFrame(backbone_cfg["embed_dim"], backbone_cfg["depth"], backbone_cfg["num_heads"],
-                         backbone_cfg["mlp_ratio"], n_mels=atst_frontend_cfg["n_mels"])
+    backbone = ATSTFrame.from_config(backbone_cfg, atst_frontend_cfg["n_mels"])
     layout = load_backbone_weights(backbone, source)
     provenance = {"source": "checkpoint", "origin": spec.get("url") or str(source), "layout": layout,
                   "sha256": sha256_file(source)}

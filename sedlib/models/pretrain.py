@@ -107,8 +107,7 @@ def pretrain_backbone(
     cache = open_feature_cache(features_dir)
     targets, classes = read_weak_targets(metadata, cache)
     frontend = ATSTFrontend(atst_cfg)
-    backbone = ATSTFrame(backbone_cfg["embed_dim"], backbone_cfg["depth"], backbone_cfg["num_heads"],
-                         backbone_cfg["mlp_ratio"], n_mels=atst_cfg["n_mels"])
+    backbone = ATSTFrame.from_config(backbone_cfg, atst_cfg["n_mels"])
     model = ClipTagger(backbone, len(classes)).to(device)
     clip_frames = frontend.n_frames(int(round(clip_seconds * frontend.sample_rate)))
     data = TaggingData(cache, targets, frontend, clip_frames, backbone.patch_frames)
