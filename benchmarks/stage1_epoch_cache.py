@@ -9,8 +9,9 @@ forward (no grad) and EMA update. The two variants differ only in where the back
   computed once per step and shared by student and teacher (the published code runs it in both), which
   favours the on-the-fly variant.
 Times are CPU seconds of this process (``time.process_time``, one torch thread), which other jobs on a
-shared machine disturb less than wall-clock time. Both read the CRNN mels from the feature cache, so the ratio isolates the backbone. The time spent obtaining
-the backbone frames is also reported on its own: the epoch ratio is bounded by the CRNN head's share.
+shared machine disturb less than wall-clock time. Both read the CRNN mels from the feature cache, so the
+ratio isolates the backbone. The time spent obtaining the backbone frames is also reported on its own: the
+epoch ratio is bounded by the CRNN head's share of the cached epoch.
 
 Two sizes: the embedded default (tiny backbone, slim CRNN; full epoch both ways) and the published sizes
 (ATST-Frame 768/12/12, CRNN filters [16, 32, 64, 128 x 4], 128 GRU units). For the published sizes an
@@ -71,14 +72,17 @@ def make_group_cache(root: Path, n_clips: int, config: dict, rng: np.random.Gene
     samples = int(config["audio"]["clip_seconds"] * config["audio"]["sample_rate"])
     lines = ["filename\tduration"]
     for i in range(n_clips):
-        sf.write(audio / f"{i:04d}.wav", (0.1 * rng.standard_normal(samples)).astype(np.float32), 16000, subtype="PCM_16")
+        wave = (0.1 * rng.standard_normal(samples)).astype(np.float32)
+        sf.write(audio / f"{i:04d}.wav", wave, config["audio"]["sample_rate"], subtype="PCM_16")
         lines.append(f"{i:04d}.wav\t{config['audio']['clip_seconds']}")
     (root / "durations.tsv").write_text("\n".join(lines) + "\n")
     return build_feature_cache(root / "durations.tsv", audio, root / "features", config["frontends"],
                                config["audio"]["clip_seconds"])
 
 
-def run_epoch(caches, embeddings, batch_sizes, n_steps, student, teacher, backbone, frontends, seed) -> tuple[float, float]:
+def run_epoch(
+    caches, embeddings, batch_sizes, n_steps, student, teacher, backbone, frontends, seed
+) -> tuple[float, float]:
     """(CPU seconds for ``n_steps`` stage-1 steps, of which CPU seconds spent obtaining backbone frames);
     ``embeddings`` None = backbone on the fly."""
     torch.manual_seed(seed)
@@ -148,7 +152,8 @@ def measure(name, caches, embeddings, batch_sizes, n_steps, crnn_cfg, backbone, 
         "speedup_vs_published_double_pass": round((fly_s + fly_frames_s) / cached_s, 2),
         "head_share_of_cached_epoch": round(1 - cached_frames_s / cached_s, 3),
     }
-    print(f"{name}: cached {result['cached_epoch_s']:.1f} s/epoch, on the fly {result['on_the_fly_epoch_s']:.1f} s/epoch"
+    print(f"{name}: cached {result['cached_epoch_s']:.1f} s/epoch, "
+          f"on the fly {result['on_the_fly_epoch_s']:.1f} s/epoch"
           f"{' (extrapolated from %d of %d steps)' % (timed, n_steps) if timed < n_steps else ''}: "
           f"{result['speedup']}x (backbone frames alone: {result['frames_speedup']}x)")
     return result
@@ -157,7 +162,8 @@ def measure(name, caches, embeddings, batch_sizes, n_steps, crnn_cfg, backbone, 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "workflow_config.yaml")
-    parser.add_argument("--published-steps", type=int, default=2, help="steps timed (each variant) at the published size")
+    parser.add_argument("--published-steps", type=int, default=3,
+                        help="steps timed (each variant) at the published size")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "stage1_epoch_cache.json")
     args = parser.parse_args(argv)
@@ -169,23 +175,24 @@ def main(argv=None) -> int:
     frontends = build_frontends(config["frontends"])
     rng = np.random.default_rng(0)
     results = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch_threads": args.threads,
-                    "torch": torch.__version__},
+        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                    "torch_threads": args.threads, "torch": torch.__version__},
         "epoch": {"clips_per_group": sizes, "batch_sizes": batch_sizes, "steps": n_steps,
                   "clips_per_step": sum(batch_sizes.values())},
     }
     with tempfile.TemporaryDirectory(prefix="stage1_bench_") as tmp:
         tmp = Path(tmp)
         caches = {role: make_group_cache(tmp / role, sizes[role], config, rng) for role in TRAIN_ROLES}
-        feature_bytes = sum((c.directory / f).stat().st_size for c in caches.values() for f in ("crnn_mel.npy", "atst_mel.npy"))
+        feature_bytes = sum((c.directory / name).stat().st_size
+                            for c in caches.values() for name in ("crnn_mel.npy", "atst_mel.npy"))
 
         torch.manual_seed(0)
         tiny = ATSTFrame.from_config(config["model"]["backbone"], config["frontends"]["atst"]["n_mels"])
         save_backbone(tmp / "tiny.pt", tiny, {"source": "benchmark"})
         tiny_emb = {}
         for role, cache in caches.items():
-            build_embedding_cache(cache.directory, tmp / "tiny.pt", tmp / f"{role}_tiny.npy", config["frontends"]["atst"],
-                                  config["audio"]["clip_seconds"])
+            build_embedding_cache(cache.directory, tmp / "tiny.pt", tmp / f"{role}_tiny.npy",
+                                  config["frontends"]["atst"], config["audio"]["clip_seconds"])
             tiny_emb[role] = open_embeddings(tmp / f"{role}_tiny.npy")[0]
         results["embedded"] = measure("embedded", caches, tiny_emb, batch_sizes, n_steps, config["model"]["crnn"], tiny,
                                       frontends, steps_timed=n_steps)

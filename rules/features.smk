@@ -79,7 +79,7 @@ else:
     rule fetch_backbone:
         input:
             # a local checkpoint is tracked as a file; a url is fetched (and checksum-verified) by the command
-            [config["model"]["backbone"]["checkpoint"]["path"]] if config["model"]["backbone"]["checkpoint"].get("path") else [],
+            [p for p in [config["model"]["backbone"]["checkpoint"].get("path")] if p],
         output:
             backbone_file(),
         params:

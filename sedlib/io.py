@@ -30,6 +30,10 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
         tmp = Path(name)
     try:
         yield tmp
+        # mkstemp/mkdtemp create 0600/0700 entries: give the artifact the mode a plain open() would (umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, (0o777 if is_dir else 0o666) & ~umask)
         if is_dir and path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

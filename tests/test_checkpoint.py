@@ -64,7 +64,9 @@ def sed_lightning(state):
     return {"state_dict": out}
 
 
-LAYOUTS = {"atst": official_atst, "atst-c2f": official_c2f, "atst-frame": official_frame, "atst-sed-lightning": sed_lightning}
+LAYOUTS = {
+    "atst": official_atst, "atst-c2f": official_c2f, "atst-frame": official_frame, "atst-sed-lightning": sed_lightning
+}
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))

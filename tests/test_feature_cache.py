@@ -124,7 +124,8 @@ def test_embedding_cache(cache, split, config, tmp_path):
 
     def embed(row, start, stop):
         with torch.no_grad():
-            return backbone(fe.normalize(torch.from_numpy(np.array(cache.atst[row : row + 1, :, start:stop]))))[0].numpy()
+            mel = torch.from_numpy(np.array(cache.atst[row : row + 1, :, start:stop]))
+            return backbone(fe.normalize(mel))[0].numpy()
 
     for row in range(4):  # first chunk: the clip's 1001 frames (short clips zero-padded to 10 s)
         assert np.abs(emb[row, :, :250] - embed(row, 0, 1001)).max() < 2e-2  # float16 storage
@@ -151,8 +152,8 @@ def test_pretrain_backbone_command(cache, split, config, tmp_path):
                       "seed": 3})
     paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
     for path in paths:
-        argv = ["pretrain-backbone", "--features-dir", str(split / "features"), "--metadata", str(split / "metadata.tsv"),
-                "--out", str(path), "--config-json", cfg, "--device", "cpu"]
+        argv = ["pretrain-backbone", "--features-dir", str(split / "features"), "--metadata",
+                str(split / "metadata.tsv"), "--out", str(path), "--config-json", cfg, "--device", "cpu"]
         assert cli_main(argv) == 0
     saved = [torch.load(p) for p in paths]
     log = saved[0]["provenance"]["log"]

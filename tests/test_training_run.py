@@ -20,6 +20,7 @@ from sedlib.pseudo.store import write_logits
 from sedlib.training import losses
 from sedlib.training.data import Geometry, TrainingData, collate, split_inputs
 from sedlib.training.run import prepare_checkpoints, train
+from sedlib.training.stage1 import validation_psds
 
 CLASSES = ["alarm", "dog", "speech"]
 
@@ -194,6 +195,18 @@ def test_pseudo_labels_with_other_classes_are_rejected(fake, tmp_path):
     entry["pseudo_labels"] = str(tmp_path / "bad.h5")
     with pytest.raises(ValueError, match="classes"):
         TrainingData({**run_config(1, 1), "classes": CLASSES}, split_inputs(inputs["splits"]), use_embeddings=True, distil=True)
+
+
+def test_validation_psds_of_the_labels_is_high_and_of_a_constant_is_zero(fake):
+    config = {**run_config(1, 1), "classes": CLASSES}
+    data = TrainingData(config, split_inputs(fake["inputs"]["splits"]), use_embeddings=True, distil=False)
+    index = next(i for i, v in enumerate(data.validation) if v.kind == "strong")
+    clips = data.validation[index].clips
+    labels = {(index, j): clips.item(j, 0)["strong"] for j in range(len(clips))}
+    perfect = validation_psds(labels, data.validation, data.geometry, CLASSES, [1, 1, 1])
+    assert perfect["psds1"] > 0.9 and perfect["psds2"] > 0.9, perfect
+    flat = validation_psds({k: np.full_like(v, 0.5) for k, v in labels.items()}, data.validation, data.geometry, CLASSES, [1, 1, 1])
+    assert flat["psds1"] < 0.05 and flat["psds2"] < 0.05, flat
 
 
 # ----------------------------------------------------------------------------- learning

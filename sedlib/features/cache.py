@@ -84,7 +84,9 @@ def open_feature_cache(directory: str | Path) -> FeatureCache:
     atst = np.load(directory / ATST_FILE, mmap_mode="r")
     for name, array in ((CRNN_FILE, crnn), (ATST_FILE, atst)):
         if array.ndim != 3 or array.shape[0] != len(rows):
-            raise ValueError(f"{directory / name}: shape {array.shape}, expected ({len(rows)}, mels, frames) per {INDEX_FILE}")
+            raise ValueError(
+                f"{directory / name}: shape {array.shape}, expected ({len(rows)}, mels, frames) per {INDEX_FILE}"
+            )
     filenames = [r[0] for r in rows]
     return FeatureCache(
         directory=directory,
@@ -115,10 +117,14 @@ def build_feature_cache(
             raise FileNotFoundError(f"{durations_file}: audio file of '{filename}' not found: {path}")
         info = sf.info(path)
         if info.samplerate != sample_rate or info.channels != 1:
-            raise ValueError(f"{path}: expected mono {sample_rate} Hz audio, got {info.samplerate} Hz, {info.channels} channels")
+            raise ValueError(
+                f"{path}: expected mono {sample_rate} Hz audio, got {info.samplerate} Hz, {info.channels} channels"
+            )
         frames = info.frames
         if abs(frames / sample_rate - duration) > DURATION_TOLERANCE_S:
-            raise ValueError(f"{durations_file}: '{filename}' is listed as {duration} s but {path} has {frames / sample_rate:.3f} s")
+            raise ValueError(
+                f"{durations_file}: '{filename}' is listed as {duration} s but {path} has {frames / sample_rate:.3f} s"
+            )
         n_samples.append(frames)
     padded = [max(n, clip_samples) for n in n_samples]
     fronts: list[tuple[str, MelFrontend]] = [(CRNN_FILE, frontends.crnn), (ATST_FILE, frontends.atst)]

@@ -126,8 +126,9 @@ def resolve_device(name: str) -> str:
 def configure_cache_embeddings(parser: argparse.ArgumentParser):
     parser.add_argument("--features-dir", required=True, type=Path, help="the split's feature cache folder")
     parser.add_argument("--backbone", required=True, type=Path, help="backbone file (results/backbone/backbone.pt)")
-    parser.add_argument("--out", required=True, type=Path, help="embedding array to write (.npy; sidecar .json beside it)")
-    parser.add_argument("--config-json", required=True, help='{"atst": config.frontends.atst, "clip_seconds": audio.clip_seconds}')
+    parser.add_argument("--out", required=True, type=Path, help="embedding array (.npy; sidecar .json beside it)")
+    parser.add_argument("--config-json", required=True,
+                        help='{"atst": config.frontends.atst, "clip_seconds": audio.clip_seconds}')
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--batch-size", type=int, default=32, help="chunks per backbone batch")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")

@@ -118,8 +118,8 @@ class ATSTFrame(nn.Module):
     @classmethod
     def from_config(cls, backbone_cfg: dict, n_mels: int) -> "ATSTFrame":
         """Randomly initialised backbone of the sizes in ``config["model"]["backbone"]``."""
-        return cls(backbone_cfg["embed_dim"], backbone_cfg["depth"], backbone_cfg["num_heads"], backbone_cfg["mlp_ratio"],
-                   n_mels=n_mels)
+        return cls(backbone_cfg["embed_dim"], backbone_cfg["depth"], backbone_cfg["num_heads"],
+                   backbone_cfg["mlp_ratio"], n_mels=n_mels)
 
     def reset_parameters(self) -> None:
         """Published initialisation: truncated normal (std 0.02) weights and embeddings, zero biases, unit norms."""

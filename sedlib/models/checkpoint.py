@@ -116,7 +116,8 @@ def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], so
     ]
     if missing or unexpected or conflicts:
         parts = [f"{source}: checkpoint does not match {type(module).__name__}"]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape conflicts", conflicts)):
+        listed = (("missing keys", missing), ("unexpected keys", unexpected), ("shape conflicts", conflicts))
+        for title, items in listed:
             if items:
                 shown = items[:25] + ([f"... and {len(items) - 25} more"] if len(items) > 25 else [])
                 parts.append(f"{title} ({len(items)}):\n    " + "\n    ".join(shown))
@@ -130,7 +131,8 @@ def load_backbone_weights(backbone: ATSTFrame, path: str | Path, which: str = "t
     checkpoint = read_checkpoint(path)
     if checkpoint.get("format") == BACKBONE_FORMAT and checkpoint["config"] != backbone.hparams:
         raise ValueError(
-            f"{path}: backbone sizes {checkpoint['config']} differ from the configured model.backbone {backbone.hparams}"
+            f"{path}: backbone sizes {checkpoint['config']} differ from the configured model.backbone "
+            f"{backbone.hparams}"
         )
     state, layout = atst_state_dict(checkpoint, which)
     load_state_dict_strict(backbone, state, f"{path} ({layout} layout)")
@@ -141,7 +143,9 @@ def load_backbone(path: str | Path) -> ATSTFrame:
     """ATST-Frame of the sizes stored in our backbone file, with its weights, in eval mode."""
     checkpoint = read_checkpoint(path)
     if checkpoint.get("format") != BACKBONE_FORMAT:
-        raise ValueError(f"{path}: not a backbone file (format {checkpoint.get('format')!r}, expected {BACKBONE_FORMAT!r})")
+        raise ValueError(
+            f"{path}: not a backbone file (format {checkpoint.get('format')!r}, expected {BACKBONE_FORMAT!r})"
+        )
     backbone = ATSTFrame(**checkpoint["config"])
     load_state_dict_strict(backbone, _tensors(checkpoint["state_dict"]), str(path))
     return backbone.eval()
@@ -234,7 +238,9 @@ def fetch_backbone(backbone_cfg: dict, atst_frontend_cfg: dict, out: Path, downl
             algorithm, expected = parse_checksum(spec["checksum"])
             actual = file_digest(source, algorithm)
             if actual != expected:
-                raise ValueError(f"{source}: {algorithm} is {actual}, expected {expected} (model.backbone.checkpoint.checksum)")
+                raise ValueError(
+                    f"{source}: {algorithm} is {actual}, expected {expected} (model.backbone.checkpoint.checksum)"
+                )
     elif spec.get("url"):
         if not spec.get("checksum"):
             raise ValueError("model.backbone.checkpoint: a url needs a checksum ('sha256:<hex>' or 'md5:<hex>')")

@@ -104,10 +104,14 @@ class CRNN(nn.Module):
     ):
         super().__init__()
         if len(filters) != len(pooling):
-            raise ValueError(f"CRNN needs one pooling pair per conv block: {len(filters)} filters, {len(pooling)} pools")
+            raise ValueError(
+                f"CRNN needs one pooling pair per conv block: {len(filters)} filters, {len(pooling)} pools"
+            )
         freq_left = n_mels // math.prod(p[1] for p in pooling)
         if freq_left != 1:
-            raise ValueError(f"frequency pooling {[p[1] for p in pooling]} must reduce {n_mels} mel bins to 1, got {freq_left}")
+            raise ValueError(
+                f"frequency pooling {[p[1] for p in pooling]} must reduce {n_mels} mel bins to 1, got {freq_left}"
+            )
         if backbone is None and embed_dim is None:
             raise ValueError("CRNN needs a backbone or, for embeddings-only use, embed_dim")
         embed_dim = backbone.embed_dim if backbone is not None else embed_dim
@@ -133,7 +137,9 @@ class CRNN(nn.Module):
         embeddings: torch.Tensor | None = None,
     ) -> SEDOutput:
         if (atst_feats is None) == (embeddings is None):
-            raise ValueError("give exactly one of atst_feats (backbone run here) or embeddings (cached backbone output)")
+            raise ValueError(
+                "give exactly one of atst_feats (backbone run here) or embeddings (cached backbone output)"
+            )
         if atst_feats is not None:
             if self.atst_frame is None:
                 raise ValueError("this CRNN has no backbone: pass cached embeddings instead of atst_feats")

@@ -73,7 +73,9 @@ class ClipTagger(nn.Module):
 class TaggingData:
     """Normalised 10 s crops of the cached ATST mel features, with their clip targets."""
 
-    def __init__(self, cache: FeatureCache, targets: np.ndarray, frontend: ATSTFrontend, clip_frames: int, patch_frames: int):
+    def __init__(
+        self, cache: FeatureCache, targets: np.ndarray, frontend: ATSTFrontend, clip_frames: int, patch_frames: int
+    ):
         self.cache, self.targets, self.frontend = cache, torch.from_numpy(targets), frontend
         self.clip_frames, self.patch_frames = clip_frames, patch_frames
 
@@ -82,7 +84,9 @@ class TaggingData:
         crops = []
         for row in rows:
             spare = max(0, int(self.cache.n_atst[row]) - self.clip_frames) // self.patch_frames
-            offset = 0 if generator is None or spare == 0 else self.patch_frames * int(torch.randint(spare + 1, (1,), generator=generator))
+            offset = 0
+            if generator is not None and spare:
+                offset = self.patch_frames * int(torch.randint(spare + 1, (1,), generator=generator))
             crops.append(self.cache.atst[row, :, offset : offset + self.clip_frames])
         feats = torch.from_numpy(np.stack(crops).astype(np.float32, copy=False))
         return self.frontend.normalize(feats), self.targets[rows]
@@ -153,10 +157,12 @@ def pretrain_backbone(
 
 def configure_pretrain_backbone(parser: argparse.ArgumentParser):
     parser.add_argument("--features-dir", required=True, type=Path, help="feature cache of the pretrain split")
-    parser.add_argument("--metadata", required=True, type=Path, help="weak labels of the pretrain split (filename event_labels)")
+    parser.add_argument("--metadata", required=True, type=Path,
+                        help="weak labels of the pretrain split (filename event_labels)")
     parser.add_argument("--out", required=True, type=Path, help="backbone file to write (results/backbone/backbone.pt)")
     parser.add_argument("--config-json", required=True,
-                        help='{"backbone": model.backbone, "atst_frontend": frontends.atst, "clip_seconds": ..., "seed": ...}')
+                        help='{"backbone": model.backbone, "atst_frontend": frontends.atst, '
+                             '"clip_seconds": audio.clip_seconds, "seed": seed}')
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
 

@@ -32,7 +32,7 @@ from sedlib.evaluation.postprocess import postprocess_table, score_table
 from sedlib.features.frontends import build_frontends
 from sedlib.models.crnn import CRNN, SEDOutput
 from sedlib.training import losses
-from sedlib.training.data import ValidationSet, batch_groups
+from sedlib.training.data import Geometry, ValidationSet, batch_groups
 from sedlib.training.ema import ema_alpha, ema_update
 from sedlib.training.mixup import Mix, draw_group_mixes, mix_groups
 from sedlib.training.schedules import exp_rampup, lr_scheduler
@@ -63,6 +63,34 @@ def optimizer_groups(
         if trainable:
             groups.append({"name": f"tfm{i}", "params": params, "lr": lr_tfm * tfm_lr_scale**i})
     return groups
+
+
+def validation_psds(
+    strong: dict[tuple[int, int], np.ndarray],
+    sets: list[ValidationSet],
+    geometry: Geometry,
+    classes: list[str],
+    median_window: list[int],
+) -> dict[str, float]:
+    """PSDS1 and PSDS2 of median-filtered strong probabilities, all strong validation clips pooled.
+
+    ``strong[(set index, clip index)]``: (C, frames) probabilities of the clip's first window. Each clip is
+    scored on its first ``clip_seconds`` (the window the model saw): frames up to the clip's true length,
+    ground truth and duration cut at the window's end. Clips without events are dropped, as in the published
+    validation.
+    """
+    tables, ground_truth, durations = {}, {}, {}
+    for (set_index, clip), probs in strong.items():
+        clips = sets[set_index].clips
+        key = f"{sets[set_index].name}/{clips.filenames[clip]}"
+        duration = min(float(clips.durations[clip]), geometry.clip_seconds)
+        n_frames = min(probs.shape[-1], int(np.ceil(duration / geometry.frame_hop - 1e-9)))
+        tables[key] = postprocess_table(score_table(probs[:, :n_frames].T, classes, geometry.frame_hop, duration), median_window)
+        ground_truth[key] = [(on, min(off, duration), label) for on, off, label in clips.events[clip] if on < duration]
+        durations[key] = duration
+    ground_truth, durations = clips_with_events(ground_truth, durations)
+    tables = {key: tables[key] for key in ground_truth}
+    return {name: psds(tables, ground_truth, durations, scenario).value for name, scenario in SCENARIOS.items()}
 
 
 class Stage1Module(L.LightningModule):
@@ -197,27 +225,9 @@ class Stage1Module(L.LightningModule):
         return metrics
 
     def teacher_psds(self) -> dict[str, float]:
-        """PSDS1 and PSDS2 of the teacher's median-filtered strong outputs, all strong validation clips pooled.
-
-        Each clip is scored on its first ``clip_seconds`` (the window the model saw): frames up to the clip's
-        true length, ground truth and duration cut at the window's end. Clips without events are dropped, as
-        in the published validation.
-        """
-        sets: list[ValidationSet] = self.trainer.datamodule.validation
-        geometry = self.trainer.datamodule.geometry
-        classes, windows = self.config["classes"], self.config["median_window"]
-        tables, ground_truth, durations = {}, {}, {}
-        for (set_index, clip), probs in self._val["strong"].items():
-            clips = sets[set_index].clips
-            key = f"{sets[set_index].name}/{clips.filenames[clip]}"
-            duration = min(float(clips.durations[clip]), geometry.clip_seconds)
-            n_frames = min(probs.shape[-1], int(np.ceil(duration / geometry.frame_hop - 1e-9)))
-            tables[key] = postprocess_table(score_table(probs[:, :n_frames].T, classes, geometry.frame_hop, duration), windows)
-            ground_truth[key] = [(on, min(off, duration), label) for on, off, label in clips.events[clip] if on < duration]
-            durations[key] = duration
-        ground_truth, durations = clips_with_events(ground_truth, durations)
-        tables = {key: tables[key] for key in ground_truth}
-        return {f"val/teacher/{name}": psds(tables, ground_truth, durations, scenario).value for name, scenario in SCENARIOS.items()}
+        data = self.trainer.datamodule
+        return {f"val/teacher/{name}": value for name, value in validation_psds(
+            self._val["strong"], data.validation, data.geometry, self.config["classes"], self.config["median_window"]).items()}
 
     def objective(self, metrics: dict[str, float]) -> float:
         """Stage 1: mean of the teacher's weak and strong validation BCEs (lower is better)."""
