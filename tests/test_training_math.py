@@ -15,7 +15,7 @@ from sedlib.training.data import GroupBatchSampler, Geometry, batch_groups, epoc
 from sedlib.training.ema import ema_alpha, ema_update
 from sedlib.training.mixup import Mix, draw_group_mixes, mix_groups
 from sedlib.training.schedules import exp_rampup, lr_factor, lr_scheduler
-from sedlib.training.stage1 import optimizer_groups
+from sedlib.training.stage1 import optimizer_groups, set_trainable_layers
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,7 @@ def test_optimizer_groups_published_sizes(workflow_config):
 
 def test_optimizer_groups_limited_trainable_layers_and_tiny_backbone(workflow_config):
     model = _meta_model(workflow_config, embed_dim=768, depth=12, num_heads=12)
+    set_trainable_layers(model, 3)
     groups = optimizer_groups(model, 2e-4, 2e-3, 2e-4, 0.5, 3)
     assert len(groups) == 2 + 3
     assert all(p.requires_grad for p in model.backbone.norm_frame.parameters())
@@ -140,8 +141,9 @@ def test_optimizer_groups_limited_trainable_layers_and_tiny_backbone(workflow_co
     assert not model.backbone.pos_embed.requires_grad
     tiny = _meta_model(workflow_config)  # embedded default: depth 2 -> 4 groups
     assert len(optimizer_groups(tiny, 1e-3, 1e-3, 2e-4, 0.5, 14)) == 2 + tiny.backbone.hparams["depth"] + 2
-    frozen = optimizer_groups(tiny, 1e-3, 1e-3)  # stage 1
-    assert len(frozen) == 2 and not any(p.requires_grad for p in tiny.backbone.parameters())
+    set_trainable_layers(tiny, 0)  # stage 1
+    assert len(optimizer_groups(tiny, 1e-3, 1e-3)) == 2 and not any(p.requires_grad for p in tiny.backbone.parameters())
+    assert all(p.requires_grad for p in tiny.cnn.parameters())
 
 
 # ----------------------------------------------------------------------------- mixup and frequency warping

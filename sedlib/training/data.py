@@ -322,7 +322,7 @@ class ValidationSet:
 class TrainingData(L.LightningDataModule):
     """The four training groups and the validation sets of a run, with their loaders.
 
-    ``config``: the run configuration (sedlib.training.run.run_config); ``splits``: every training and
+    ``config``: the run configuration (see sedlib.training.run); ``splits``: every training and
     validation split's inputs; ``use_embeddings``: stage 1; ``distil``: pseudo-labels are read.
     """
 

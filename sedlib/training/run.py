@@ -128,12 +128,14 @@ class EpochLog(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = list(state_dict["rows"])
 
-    def csv_text(self) -> str:
-        columns = list(dict.fromkeys(k for row in self.rows for k in row))
+    @staticmethod
+    def csv_text(rows: list[dict[str, Any]]) -> str:
+        """CSV of per-epoch rows; columns in first-seen order, empty where an epoch has no value."""
+        columns = list(dict.fromkeys(k for row in rows for k in row))
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(self.rows)
+        writer.writerows(rows)
         return out.getvalue()
 
 
@@ -230,10 +232,18 @@ def train(
 
 def export(module, best: ModelCheckpoint, out_dir: Path, config: dict, inputs: dict, iteration: int | None,
            epoch_log: EpochLog, run_fingerprint: str) -> dict[str, Any]:  # fmt: skip
-    """Write metrics.csv, then model.pt from the best checkpoint (last.ckpt when validation never ran)."""
-    source = Path(best.best_model_path) if best.best_model_path else out_dir / "checkpoints" / LAST
-    checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+    """Write metrics.csv, then model.pt from the best checkpoint (last.ckpt when validation never ran).
+
+    Everything is read from the final last.ckpt (per-epoch rows, top-k bookkeeping), not from this process's
+    callbacks, so the export is the same whichever process trained (e.g. Lightning's ddp_spawn).
+    """
+    last_path = out_dir / "checkpoints" / LAST
+    last = torch.load(last_path, map_location="cpu", weights_only=False)
+    selection = last["callbacks"][best.state_key]
+    source = Path(selection["best_model_path"]) if selection["best_model_path"] else last_path
+    checkpoint = last if source == last_path else torch.load(source, map_location="cpu", weights_only=False)
     module.load_state_dict(checkpoint["state_dict"])
+    score = selection["best_model_score"]
     init = inputs.get("backbone") or inputs.get("init_model")
     provenance = {
         "stage": config["stage"],
@@ -242,7 +252,7 @@ def export(module, best: ModelCheckpoint, out_dir: Path, config: dict, inputs: d
         "selected_checkpoint": source.name,
         "selected_epoch": checkpoint["epoch"],
         "global_step": checkpoint["global_step"],
-        "objective": None if best.best_model_score is None else float(best.best_model_score),
+        "objective": None if score is None else float(score),
         "objective_name": "teacher PSDS1 + PSDS2" if config["stage"] == 2 else "teacher (weak BCE + strong BCE) / 2",
         "distillation": module.distil_weight > 0,
         "init": {"path": str(init), "sha256": sha256_file(init)},
@@ -250,7 +260,7 @@ def export(module, best: ModelCheckpoint, out_dir: Path, config: dict, inputs: d
         "torch": str(torch.__version__),
         "lightning": str(L.__version__),
     }
-    write_text(out_dir / "metrics.csv", epoch_log.csv_text())
+    write_text(out_dir / "metrics.csv", EpochLog.csv_text(last["callbacks"][epoch_log.state_key]["rows"]))
     save_sed_model(out_dir / "model.pt", module.sed_student, module.sed_teacher, config, config["classes"], provenance)
     log.info("wrote %s (epoch %d, objective %s)", out_dir / "model.pt", checkpoint["epoch"], provenance["objective"])
     return provenance

@@ -40,14 +40,24 @@ from sedlib.training.schedules import exp_rampup, lr_scheduler
 TARGET_KEYS = ("strong", "weak", "pseudo")
 
 
+def set_trainable_layers(model: CRNN, tfm_trainable_layers: int) -> None:
+    """Backbone layer groups counted from the top (``ATSTFrame.layer_groups``: norm_frame, block depth-1, ...,
+    block 0, patch/position/mask embeddings) train for i < ``tfm_trainable_layers``; the others are frozen.
+
+    Done when the module is built, before a DDP wrapper records which parameters take gradients.
+    """
+    for i, params in enumerate(model.backbone.layer_groups() if model.backbone is not None else []):
+        for p in params:
+            p.requires_grad_(i < tfm_trainable_layers)
+
+
 def optimizer_groups(
     model: CRNN, lr_cnn: float, lr_rnn: float, lr_tfm: float = 0.0, tfm_lr_scale: float = 0.5, tfm_trainable_layers: int = 0
 ) -> list[dict[str, Any]]:
-    """Adam parameter groups of the published ``separate_opt_params``; freezes the backbone layers not trained.
+    """Adam parameter groups of the published ``separate_opt_params``.
 
     [cnn (lr_cnn), rnn + cat_tf + dense + dense_softmax (lr_rnn)] + one group per trainable backbone layer
-    group counted from the top (norm_frame, block depth-1, ..., block 0, patch/position/mask embeddings):
-    group i gets ``lr_tfm * tfm_lr_scale ** i``; groups i >= tfm_trainable_layers get requires_grad False.
+    group counted from the top (see :func:`set_trainable_layers`): group i gets ``lr_tfm * tfm_lr_scale ** i``.
     """
     backbone = model.backbone
     backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
@@ -56,12 +66,8 @@ def optimizer_groups(
         {"name": "cnn", "params": [p for name, p in own if name.startswith("cnn.")], "lr": lr_cnn},
         {"name": "rnn", "params": [p for name, p in own if not name.startswith("cnn.")], "lr": lr_rnn},
     ]
-    for i, params in enumerate(backbone.layer_groups() if backbone is not None else []):
-        trainable = i < tfm_trainable_layers
-        for p in params:
-            p.requires_grad_(trainable)
-        if trainable:
-            groups.append({"name": f"tfm{i}", "params": params, "lr": lr_tfm * tfm_lr_scale**i})
+    layers = backbone.layer_groups()[:tfm_trainable_layers] if backbone is not None else []
+    groups += [{"name": f"tfm{i}", "params": params, "lr": lr_tfm * tfm_lr_scale**i} for i, params in enumerate(layers)]
     return groups
 
 
@@ -94,7 +100,7 @@ def validation_psds(
 
 
 class Stage1Module(L.LightningModule):
-    """Mean-teacher training of a CRNN student; ``config`` is the run configuration (run.run_config)."""
+    """Mean-teacher training of a CRNN student; ``config``: the run configuration (see sedlib.training.run)."""
 
     stage = 1
     warm_start_ema = True  # alpha = min(1 - 1/(n + 1), ema_factor)
@@ -106,6 +112,7 @@ class Stage1Module(L.LightningModule):
         self.config = config
         self.hp = config["training"]["stage"]
         self.sed_student = student
+        set_trainable_layers(student, self.trainable_layers())
         self.sed_teacher = teacher if teacher is not None else copy.deepcopy(student)
         for p in self.sed_teacher.parameters():
             p.requires_grad_(False)
@@ -121,6 +128,10 @@ class Stage1Module(L.LightningModule):
         self._val: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ optimisation
+    def trainable_layers(self) -> int:
+        """Backbone layer groups that train (stage 1: none, the embeddings are cached)."""
+        return 0
+
     def param_groups(self) -> list[dict[str, Any]]:
         return optimizer_groups(self.sed_student, self.hp["lr_cnn"], self.hp["lr_rnn"])
 

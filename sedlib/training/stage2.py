@@ -40,10 +40,13 @@ class Stage2Module(Stage1Module):
     def cosine_final(self) -> float:  # type: ignore[override]
         return float(self.hp["cosine_final"])
 
+    def trainable_layers(self) -> int:
+        return int(self.hp["tfm_trainable_layers"])
+
     def param_groups(self) -> list[dict[str, Any]]:
         hp = self.hp
         return optimizer_groups(self.sed_student, hp["lr_cnn"], hp["lr_rnn"], hp["lr_tfm"], hp["tfm_lr_scale"],
-                                hp["tfm_trainable_layers"])  # fmt: skip
+                                self.trainable_layers())  # fmt: skip
 
     def warp(self, atst: torch.Tensor) -> torch.Tensor:
         """Frequency warping of each group's rows with its own draw."""
