@@ -24,7 +24,8 @@ def train_params(stage, member):
                 "stage": config["training"][f"stage{stage}"],
             },
             "classes": {d: dataset_cfg(d)["classes"] for d in datasets},
-            "median_window": config["evaluation"]["median_window"],
+            "median_window": config["training"]["val_median_window"]
+            or [7] * len(dataset_cfg(datasets[0])["classes"]),
         }
     )
 

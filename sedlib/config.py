@@ -102,6 +102,9 @@ def _check_cross_fields(config: dict, source: str) -> None:
             fail("evaluation.splits", f"'{ref}' must have strong labels to be scored")
     if len(evaluation["median_window"]) not in n_classes:
         fail("evaluation.median_window", f"needs one window per class ({sorted(n_classes)})")
+    val_window = config["training"].get("val_median_window")
+    if val_window is not None and len(val_window) not in n_classes:
+        fail("training.val_median_window", f"needs one window per class ({sorted(n_classes)})")
     names = [m["name"] for m in config["training"]["members"]]
     if len(set(names)) != len(names):
         fail("training.members", f"member names must be unique, got {names}")

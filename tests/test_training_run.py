@@ -2,6 +2,7 @@
 distillation, checkpoint selection and export, and resuming a killed run from its last.ckpt."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -231,9 +232,21 @@ def test_tiny_model_overfits_a_tiny_batch(fake):
     assert history[-1] < history[0] / 4, history
 
 
+class CopyCheckpoints(Callback):
+    """Copies the run's checkpoint folder at the end of fit (before the export removes it)."""
+
+    def __init__(self, dest):
+        self.dest = dest
+
+    def on_fit_end(self, trainer, pl_module):
+        shutil.copytree(trainer.checkpoint_callback.dirpath, self.dest)
+
+
 def test_stage1_then_stage2_with_distillation_end_to_end(fake, tmp_path):
     inputs = with_pseudo_labels(fake)
-    prov1 = train(run_config(1, 3), inputs, tmp_path / "stage1", iteration=2)
+    kept = tmp_path / "kept_checkpoints"
+    prov1 = train(run_config(1, 3), inputs, tmp_path / "stage1", iteration=2, callbacks=[CopyCheckpoints(kept)])
+    assert not (tmp_path / "stage1" / "checkpoints").exists()  # a finished run keeps none: --forcerun retrains
     assert prov1["distillation"] and prov1["stage"] == 1
     rows1 = (tmp_path / "stage1" / "metrics.csv").read_text().splitlines()
     header = rows1[0].split(",")
@@ -244,7 +257,7 @@ def test_stage1_then_stage2_with_distillation_end_to_end(fake, tmp_path):
     model1, info1 = load_sed_model(tmp_path / "stage1" / "model.pt", "teacher")
     assert info1["classes"] == CLASSES and info1["provenance"]["selected_epoch"] in (0, 1, 2)
     # the exported teacher is the selected checkpoint's
-    best = read_checkpoint(tmp_path / "stage1" / "checkpoints" / info1["provenance"]["selected_checkpoint"])
+    best = read_checkpoint(kept / info1["provenance"]["selected_checkpoint"])
     key = "cat_tf.weight"
     assert torch.equal(model1.state_dict()[key], best["state_dict"][f"sed_teacher.{key}"])
 

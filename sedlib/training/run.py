@@ -8,6 +8,7 @@ Output folder (``stage_dir`` in rules/common.smk):
   ``checkpoints/run.json`` holds the run's fingerprint. Not declared as Snakemake outputs, so a failed or
   killed job keeps them and its re-run resumes from ``last.ckpt`` (same epoch, step, optimizer, scheduler,
   EMA teacher, random states). A run whose settings or inputs changed starts afresh (old checkpoints removed);
+  a finished run removes its checkpoints after the export, so a forced re-run (``--forcerun``) trains anew;
 - ``logs/version_N/metrics.csv``: Lightning's per-step CSV log (one version per (re)start).
 
 Run configuration (``--config-json``, built by rules/train.smk): ``stage`` (1 | 2), ``member``
@@ -37,6 +38,7 @@ from typing import Any, Sequence
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -221,13 +223,18 @@ def train(
         deterministic="warn",  # adaptive pooling has no deterministic CUDA backward: warn instead of failing
         enable_progress_bar=interactive,
         enable_model_summary=False,
+        # A Snakemake job is one task, also under SLURM: Lightning starts its own processes for several devices
+        # instead of waiting for srun-launched ranks (its SLURM detection would hang a multi-device job).
+        plugins=[LightningEnvironment()],
     )
     log.info("stage %d, member %s (seed %d): %d batches per epoch, %d epochs, distillation %s, resume from %s",
              stage, config["member"]["name"], seed, data.epoch_batches(), hp["epochs"], distil, resume)  # fmt: skip
     trainer.fit(module, datamodule=data, ckpt_path=resume)
     if not trainer.is_global_zero:
         return {}
-    return export(module, best, out_dir, config, inputs, iteration, epoch_log, run_fingerprint)
+    provenance = export(module, best, out_dir, config, inputs, iteration, epoch_log, run_fingerprint)
+    shutil.rmtree(out_dir / "checkpoints")
+    return provenance
 
 
 def export(module, best: ModelCheckpoint, out_dir: Path, config: dict, inputs: dict, iteration: int | None,
