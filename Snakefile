@@ -11,10 +11,6 @@ min_version("9.0")
 configfile: "workflow_config.yaml"
 
 
-# One software environment for every rule (used with --sdm conda; pins as in pyproject.toml).
-conda: "envs/sedlib.yaml"
-
-
 report: "docs/report.rst"
 
 

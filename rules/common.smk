@@ -1,18 +1,25 @@
-# Shared by every rule file: configuration validation, wildcard constraints and the path layout.
+# Shared by every file under rules/ -- configuration validation, wildcard constraints and the path layout.
 # Every artifact path of the pipeline is built here, so rules, tests and docs agree on one layout.
 
 import json
+import os
+import posixpath
 
 from snakemake.utils import validate
 
-from sedlib.config import splits_with_role, validate_config
+from sedlib.config import split_ref, splits_with_role, validate_config
 
 # Validated at DAG build time; validate() fills the schema's defaults into `config`.
 validate(config, schema="../sedlib/schemas/config.schema.yaml")
 validate_config(config, source="workflow configuration")  # cross-field checks (same schema + semantics)
 
-# The workflow folder on PYTHONPATH: `python -m sedlib` works in the project venv and in the --sdm conda env alike.
-SEDLIB = f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} python -m sedlib"
+# Every job runs `python -m sedlib ...` with the workflow folder on PYTHONPATH, so the package imports the same
+# way in the project venv, in the --sdm conda environment and in a copy of the workflow.
+# (The prefix is formatted like a shell command: its literal braces are doubled once more.)
+shell.prefix(f'set -euo pipefail; export PYTHONPATH="{workflow.basedir}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
+
+# The software environment of every rule (--sdm conda); pins as in pyproject.toml. Relative to rules/.
+SEDLIB_ENV = "../envs/sedlib.yaml"
 R = "results"
 
 
@@ -169,7 +176,7 @@ def pseudo_label_file(iteration, dataset, split):
 
 # ----------------------------------------------------------------------------- evaluation
 def eval_splits():
-    return [tuple(ref.split("/")) for ref in config["evaluation"]["splits"]]
+    return [split_ref(ref) for ref in config["evaluation"]["splits"]]
 
 
 def eval_model_names():
@@ -204,8 +211,97 @@ def plot_file(name):
 
 
 def log_file(rule_name, *parts):
-    return f"{R}/logs/{rule_name}/{'/'.join(parts) or 'all'}.log"
+    return posixpath.join(R, "logs", rule_name, *(parts or ["all"])) + ".log"
 
 
 def benchmark_file(rule_name, *parts):
-    return f"{R}/benchmarks/{rule_name}/{'/'.join(parts) or 'all'}.tsv"
+    return posixpath.join(R, "benchmarks", rule_name, *(parts or ["all"])) + ".tsv"
+
+
+# ----------------------------------------------------------------------------- features rules' inputs and params
+def pretrain_split():
+    pairs = splits_with_role(config, "pretrain")
+    if len(pairs) != 1:
+        raise ValueError(
+            f"model.backbone.source 'pretrain' needs exactly one split with role 'pretrain', found {pairs}"
+        )
+    return pairs[0]
+
+
+# ----------------------------------------------------------------------------- train rules' inputs and params
+def train_params(stage, member):
+    """The run configuration of sedlib.training.run (--config-json): what a training run depends on."""
+    datasets = sorted({d for d, _ in training_splits()})
+    return as_json(
+        {
+            "stage": stage,
+            "member": member_cfg(member),
+            "audio": config["audio"],
+            "frontends": config["frontends"],
+            "model": config["model"],
+            "training": {
+                **{k: config["training"][k] for k in ("accelerator", "devices", "strategy", "precision",
+                                                      "accumulate_grad_batches", "num_workers")},
+                "stage": config["training"][f"stage{stage}"],
+            },
+            "classes": {d: dataset_cfg(d)["classes"] for d in datasets},
+            "median_window": config["training"]["val_median_window"]
+            or [7] * len(dataset_cfg(datasets[0])["classes"]),
+        }
+    )
+
+
+def train_split_inputs(iteration, stage):
+    """Per split, the files a run reads (sedlib.training.data.SplitInputs), in configuration order."""
+    entries = []
+    for d, s in training_splits():
+        split = split_cfg(d, s)
+        entry = {"dataset": d, "split": s, "role": split["role"], "labels": split["labels"], "features": feature_dir(d, s)}
+        if stage == 1:
+            entry["embeddings"] = embedding_file(d, s)
+        if split["labels"] == "strong":
+            entry["metadata"] = metadata_file(d, s)
+        if split["role"] == "weak":
+            entry["weak_train"] = weak_part_file(d, s, "train")
+            entry["weak_val"] = weak_part_file(d, s, "val")
+        if int(iteration) > 1 and (d, s) in train_group_splits():
+            entry["pseudo_labels"] = pseudo_label_file(int(iteration) - 1, d, s)
+        entries.append(entry)
+    return entries
+
+
+def train_inputs(iteration, stage, member):
+    """--inputs-json: the splits' files and the initial weights (stage 1: backbone, stage 2: stage-1 model)."""
+    init = {"backbone": backbone_file()} if stage == 1 else {"init_model": model_file(iteration, 1, member)}
+    return {"splits": train_split_inputs(iteration, stage), **init}
+
+
+def train_input_files(iteration, stage, member):
+    """Every file of train_inputs() plus the feature arrays, for Snakemake's input list."""
+    inputs = train_inputs(iteration, stage, member)
+    files = [f for d, s in training_splits() for f in feature_files(d, s).values()]
+    files += [v for e in inputs["splits"] for k, v in e.items() if k not in ("dataset", "split", "role", "labels", "features")]
+    return files + [v for k, v in inputs.items() if k != "splits"]
+
+
+def train_gpus():
+    devices = config["training"]["devices"]
+    return devices if isinstance(devices, int) else 1
+
+
+# ----------------------------------------------------------------------------- evaluate rules' inputs and params
+def member_of_model(model):
+    """'{member}_{teacher|student}' -> (member, network)."""
+    member, network = model.rsplit("_", 1)
+    return member, network
+
+
+def evaluated_models():
+    """(iteration, model, dataset, split) of every score folder that eval_psds.json reports, in report order."""
+    return [(i, m, d, s) for i in iterations() for m in eval_model_names() for d, s in eval_splits()]
+
+
+def activity_source():
+    """The activity plots show the last iteration's ensemble on the first evaluation split."""
+    dataset, split = eval_splits()[0]
+    return iterations()[-1], dataset, split

@@ -18,8 +18,10 @@ rule synthesize:
         log_file("synthesize", "{dataset}"),
     benchmark:
         benchmark_file("synthesize", "{dataset}")
+    conda:
+        SEDLIB_ENV
     shell:
-        "{SEDLIB} synthesize --config-json {params.cfg:q} --root {params.root:q} --threads {threads} > {log} 2>&1"
+        "python -m sedlib synthesize --config-json {params.cfg:q} --root {params.root:q} --threads {threads} > {log} 2>&1"
 
 
 rule download:
@@ -34,8 +36,10 @@ rule download:
         log_file("download", "{dataset}", "{archive}"),
     benchmark:
         benchmark_file("download", "{dataset}", "{archive}")
+    conda:
+        SEDLIB_ENV
     shell:
-        "{SEDLIB} download --archive-json {params.archive:q} --root {params.root:q} --marker {output:q} > {log} 2>&1"
+        "python -m sedlib download --archive-json {params.archive:q} --root {params.root:q} --marker {output:q} > {log} 2>&1"
 
 
 rule resample:
@@ -55,8 +59,10 @@ rule resample:
         log_file("resample", "{dataset}", "{split}"),
     benchmark:
         benchmark_file("resample", "{dataset}", "{split}")
+    conda:
+        SEDLIB_ENV
     shell:
-        "{SEDLIB} resample --audio {params.audio:q} --out-dir {params.out_dir:q} --durations {output:q}"
+        "python -m sedlib resample --audio {params.audio:q} --out-dir {params.out_dir:q} --durations {output:q}"
         " --sample-rate {params.sample_rate} --threads {threads} > {log} 2>&1"
 
 
@@ -77,8 +83,10 @@ rule validate_metadata:
         log_file("validate_metadata", "{dataset}", "{split}"),
     benchmark:
         benchmark_file("validate_metadata", "{dataset}", "{split}")
+    conda:
+        SEDLIB_ENV
     shell:
-        "{SEDLIB} validate-metadata --metadata {params.metadata:q} --durations {input.durations:q}"
+        "python -m sedlib validate-metadata --metadata {params.metadata:q} --durations {input.durations:q}"
         " --provided-durations {params.provided:q} --config-json {params.cfg:q} --out {output:q} > {log} 2>&1"
 
 
@@ -98,6 +106,8 @@ rule split_weak:
         log_file("split_weak", "{dataset}", "{split}"),
     benchmark:
         benchmark_file("split_weak", "{dataset}", "{split}")
+    conda:
+        SEDLIB_ENV
     shell:
-        "{SEDLIB} split-weak --metadata {input:q} --val-fraction {params.val_fraction} --seed {params.seed}"
+        "python -m sedlib split-weak --metadata {input:q} --val-fraction {params.val_fraction} --seed {params.seed}"
         " --train-out {output.train:q} --val-out {output.val:q} > {log} 2>&1"

@@ -4,15 +4,9 @@
 # `snakemake --report results/report.html` collects (report() flags below).
 
 
-def _member_of(model):
-    """'{member}_{teacher|student}' -> (member, network)."""
-    member, network = model.rsplit("_", 1)
-    return member, network
-
-
 rule score_model:
     input:
-        model=lambda w: model_file(w.iteration, 2, _member_of(w.model)[0]),
+        model=lambda w: model_file(w.iteration, 2, member_of_model(w.model)[0]),
         durations=lambda w: durations_file(w.dataset, w.split),
     output:
         logits=eval_logits_file("{iteration}", "{model}", "{dataset}", "{split}"),
@@ -22,7 +16,7 @@ rule score_model:
     params:
         cfg=as_json({k: config["evaluation"][k] for k in ("window_seconds", "hop_seconds")}),
         audio=lambda w: resampled_dir(w.dataset, w.split),
-        which=lambda w: _member_of(w.model)[1],
+        which=lambda w: member_of_model(w.model)[1],
         device=config["training"]["accelerator"],
     threads: 2
     resources:
@@ -32,8 +26,10 @@ rule score_model:
         log_file("score_model", "iter{iteration}", "{model}", "{dataset}", "{split}"),
     benchmark:
         benchmark_file("score_model", "iter{iteration}", "{model}", "{dataset}", "{split}")
+    conda:
+        SEDLIB_ENV
     shell:
-        "{SEDLIB} score --model-file {input.model} --which {params.which} --audio-dir {params.audio}"
+        "python -m sedlib score --model-file {input.model} --which {params.which} --audio-dir {params.audio}"
         " --durations {input.durations} --config-json {params.cfg:q} --iteration {wildcards.iteration}"
         " --logits-out {output.logits} --scores-out {output.scores} --device {params.device} --threads {threads}"
         " > {log} 2>&1"
@@ -55,19 +51,16 @@ rule score_ensemble:
         log_file("score_ensemble", "iter{iteration}", "{dataset}", "{split}"),
     benchmark:
         benchmark_file("score_ensemble", "iter{iteration}", "{dataset}", "{split}")
+    conda:
+        SEDLIB_ENV
     shell:
-        "{SEDLIB} score --member-logits {input.members} --durations {input.durations} --config-json {params.cfg:q}"
+        "python -m sedlib score --member-logits {input.members} --durations {input.durations} --config-json {params.cfg:q}"
         " --iteration {wildcards.iteration} --logits-out {output.logits} --scores-out {output.scores} > {log} 2>&1"
-
-
-def _evaluated():
-    """(iteration, model, dataset, split) of every score folder that eval_psds.json reports, in report order."""
-    return [(i, m, d, s) for i in iterations() for m in eval_model_names() for d, s in eval_splits()]
 
 
 rule evaluate:
     input:
-        scores=[score_dir(*key) for key in _evaluated()],
+        scores=[score_dir(*key) for key in evaluated_models()],
         truth=[f for d, s in eval_splits() for f in (metadata_file(d, s), durations_file(d, s))],
     output:
         json=report(eval_json(), caption="../docs/report/eval_psds.rst", category="Metrics"),
@@ -82,7 +75,7 @@ rule evaluate:
                 },
                 "scores": [
                     {"iteration": i, "model": m, "split": f"{d}/{s}", "dir": score_dir(i, m, d, s)}
-                    for i, m, d, s in _evaluated()
+                    for i, m, d, s in evaluated_models()
                 ],
             }
         ),
@@ -93,24 +86,20 @@ rule evaluate:
         log_file("evaluate"),
     benchmark:
         benchmark_file("evaluate")
+    conda:
+        SEDLIB_ENV
     shell:
-        "{SEDLIB} evaluate --config-json {params.cfg:q} --inputs-json {params.inputs:q} --out {output.json}"
+        "python -m sedlib evaluate --config-json {params.cfg:q} --inputs-json {params.inputs:q} --out {output.json}"
         " --roc-out {output.rocs} --jobs {threads} > {log} 2>&1"
-
-
-def _activity_source():
-    """The activity plots show the last iteration's ensemble on the first evaluation split."""
-    dataset, split = eval_splits()[0]
-    return iterations()[-1], dataset, split
 
 
 rule plot:
     input:
         json=eval_json(),
         rocs=eval_roc_file(),
-        scores=score_dir(_activity_source()[0], "ensemble", *_activity_source()[1:]),
-        metadata=metadata_file(*_activity_source()[1:]),
-        durations=durations_file(*_activity_source()[1:]),
+        scores=score_dir(activity_source()[0], "ensemble", *activity_source()[1:]),
+        metadata=metadata_file(*activity_source()[1:]),
+        durations=durations_file(*activity_source()[1:]),
     output:
         comparison=report(
             plot_file("psd_roc_comparison.png"), caption="../docs/report/psd_roc_comparison.rst", category="PSD-ROC"
@@ -138,7 +127,7 @@ rule plot:
         table=report(plot_file("metrics_table.html"), caption="../docs/report/metrics_table.rst", category="Metrics"),
     params:
         cfg=as_json({k: config["evaluation"][k] for k in ("median_window", "f1")}),
-        model_dir=plot_file("psd_roc"),
+        model_dir=lambda w, output: os.path.dirname(os.path.dirname(output.models[0])),
     threads: 1
     resources:
         mem_mb=4000,
@@ -146,8 +135,10 @@ rule plot:
         log_file("plot"),
     benchmark:
         benchmark_file("plot")
+    conda:
+        SEDLIB_ENV
     shell:
-        "{SEDLIB} plot --eval-json {input.json} --roc-file {input.rocs} --comparison-out {output.comparison}"
+        "python -m sedlib plot --eval-json {input.json} --roc-file {input.rocs} --comparison-out {output.comparison}"
         " --model-plot-dir {params.model_dir} --table-out {output.table} --activity-scores {input.scores}"
         " --activity-metadata {input.metadata} --activity-durations {input.durations}"
         " --activity-out {output.activity} --config-json {params.cfg:q} > {log} 2>&1"

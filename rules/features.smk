@@ -11,15 +11,6 @@
 # (an official checkpoint, by path or url + checksum). Only that rule is defined, so the DAG has one producer.
 
 
-def pretrain_split():
-    pairs = splits_with_role(config, "pretrain")
-    if len(pairs) != 1:
-        raise ValueError(
-            f"model.backbone.source 'pretrain' needs exactly one split with role 'pretrain', found {pairs}"
-        )
-    return pairs[0]
-
-
 rule cache_features:
     input:
         durations=durations_file("{dataset}", "{split}"),
@@ -38,8 +29,10 @@ rule cache_features:
         log_file("cache_features", "{dataset}", "{split}"),
     benchmark:
         benchmark_file("cache_features", "{dataset}", "{split}")
+    conda:
+        SEDLIB_ENV
     shell:
-        "{SEDLIB} cache-features --durations {input.durations:q} --audio-dir {params.audio:q}"
+        "python -m sedlib cache-features --durations {input.durations:q} --audio-dir {params.audio:q}"
         " --out-dir {params.out:q} --config-json {params.cfg:q} --threads {threads} > {log} 2>&1"
 
 
@@ -53,7 +46,7 @@ if config["model"]["backbone"]["source"] == "pretrain":
         output:
             backbone_file(),
         params:
-            features=feature_dir(*pretrain_split()),
+            features=lambda w, input: os.path.dirname(input.index),
             cfg=as_json(
                 {
                     "backbone": config["model"]["backbone"],
@@ -70,8 +63,10 @@ if config["model"]["backbone"]["source"] == "pretrain":
             log_file("pretrain_backbone"),
         benchmark:
             benchmark_file("pretrain_backbone")
+        conda:
+            SEDLIB_ENV
         shell:
-            "{SEDLIB} pretrain-backbone --features-dir {params.features:q} --metadata {input.metadata:q}"
+            "python -m sedlib pretrain-backbone --features-dir {params.features:q} --metadata {input.metadata:q}"
             " --out {output:q} --config-json {params.cfg:q} --threads {threads} > {log} 2>&1"
 
 else:
@@ -91,8 +86,10 @@ else:
             log_file("fetch_backbone"),
         benchmark:
             benchmark_file("fetch_backbone")
+        conda:
+            SEDLIB_ENV
         shell:
-            "{SEDLIB} fetch-backbone --out {output:q} --config-json {params.cfg:q} > {log} 2>&1"
+            "python -m sedlib fetch-backbone --out {output:q} --config-json {params.cfg:q} > {log} 2>&1"
 
 
 rule cache_embeddings:
@@ -114,6 +111,8 @@ rule cache_embeddings:
         log_file("cache_embeddings", "{dataset}", "{split}"),
     benchmark:
         benchmark_file("cache_embeddings", "{dataset}", "{split}")
+    conda:
+        SEDLIB_ENV
     shell:
-        "{SEDLIB} cache-embeddings --features-dir {params.features:q} --backbone {input.backbone:q}"
+        "python -m sedlib cache-embeddings --features-dir {params.features:q} --backbone {input.backbone:q}"
         " --out {output.npy:q} --config-json {params.cfg:q} --threads {threads} > {log} 2>&1"

@@ -28,8 +28,10 @@ rule predict_member_logits:
         log_file("predict_member_logits", "iter{iteration}", "{member}", "{dataset}", "{split}"),
     benchmark:
         benchmark_file("predict_member_logits", "iter{iteration}", "{member}", "{dataset}", "{split}")
+    conda:
+        SEDLIB_ENV
     shell:
-        "{SEDLIB} predict-logits --model {input.model} --features {params.features} --output {output}"
+        "python -m sedlib predict-logits --model {input.model} --features {params.features} --output {output}"
         " --config-json {params.cfg:q} --iteration {wildcards.iteration} --member {wildcards.member}"
         " --dataset {wildcards.dataset} --split {wildcards.split} --device {params.device} --threads {threads}"
         " > {log} 2>&1"
@@ -49,8 +51,10 @@ rule average_pseudo_labels:
         log_file("average_pseudo_labels", "iter{iteration}", "{dataset}", "{split}"),
     benchmark:
         benchmark_file("average_pseudo_labels", "iter{iteration}", "{dataset}", "{split}")
+    conda:
+        SEDLIB_ENV
     shell:
-        "{SEDLIB} average-pseudo-labels --members {input} --output {output} --iteration {wildcards.iteration}"
+        "python -m sedlib average-pseudo-labels --members {input} --output {output} --iteration {wildcards.iteration}"
         " --config-json {params.cfg:q} > {log} 2>&1"
 
 

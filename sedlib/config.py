@@ -94,7 +94,7 @@ def _check_cross_fields(config: dict, source: str) -> None:
     n_classes = {len(ds["classes"]) for ds in config["datasets"].values()}
     evaluation = config["evaluation"]
     for ref in evaluation["splits"]:
-        ds_name, split_name = ref.split("/")
+        ds_name, split_name = split_ref(ref)
         split = config["datasets"].get(ds_name, {}).get("splits", {}).get(split_name)
         if split is None:
             fail("evaluation.splits", f"'{ref}' names no configured dataset/split")
@@ -128,3 +128,9 @@ def splits_with_role(config: dict, *roles: str) -> list[tuple[str, str]]:
         for split_name, split in ds["splits"].items()
         if split["role"] in roles
     ]
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """'dataset/split' -> (dataset, split)."""
+    dataset, _, split = ref.partition("/")
+    return dataset, split
