@@ -129,7 +129,8 @@ def test_project_psds_equals_direct_sed_scores_eval_call(subset):
     gt, dur, classes = subset
     tables = P.postprocess_tables(grid_tables(gt, dur, classes, noise=2.0), [6, 20, 7, 4, 7, 6, 6, 6, 6, 6])
     for scenario in M.SCENARIOS.values():
-        ours = M.psds(tables, gt, dur, scenario)
+        ours = M.psds(tables, gt, dur, scenario)  # the vectorised computation (sedlib.evaluation.fast_psds)
+        assert M.psds(tables, gt, dur, scenario, reference=True).value == ours.value
         value, per_class, (etpr, efpr), _ = intersection_based.psds(
             tables, gt, dur, dtc_threshold=scenario.dtc_threshold, gtc_threshold=scenario.gtc_threshold,
             cttc_threshold=scenario.cttc_threshold, alpha_ct=scenario.alpha_ct, alpha_st=scenario.alpha_st,
@@ -178,16 +179,14 @@ def test_bootstrap_resamples_with_replacement(subset):
     gt, dur, classes = subset
     tables = P.postprocess_tables(grid_tables(gt, dur, classes, noise=2.0, seed=2), [7] * 10)
     scenario = M.SCENARIOS["psds1"]
-    deltas = M.psds_deltas(tables, gt, scenario)
-    value = M.psds_from_deltas(deltas, gt, dur, scenario).value
+    deltas = M.psds_deltas(tables, gt, dur, scenario)
+    value = M.psds_from_deltas(deltas).value
     # a clip counted twice counts twice everywhere: doubling every clip leaves every rate unchanged
-    doubled = {f"{c}#{k}": c for c in deltas for k in range(2)}
-    twice = M.psds_from_deltas({k: deltas[c] for k, c in doubled.items()}, {k: gt[c] for k, c in doubled.items()},
-                               {k: dur[c] for k, c in doubled.items()}, scenario).value
+    twice = M.psds_from_deltas(deltas, np.repeat(np.arange(len(gt)), 2)).value
     assert twice == pytest.approx(value, abs=1e-12)
-    samples = M.bootstrap_psds(deltas, gt, dur, scenario, n=8, seed=3)
-    np.testing.assert_array_equal(samples, M.bootstrap_psds(deltas, gt, dur, scenario, n=8, seed=3))
-    assert not np.array_equal(samples, M.bootstrap_psds(deltas, gt, dur, scenario, n=8, seed=4))
+    samples = M.bootstrap_psds(deltas, n=8, seed=3)
+    np.testing.assert_array_equal(samples, M.bootstrap_psds(deltas, n=8, seed=3))
+    assert not np.array_equal(samples, M.bootstrap_psds(deltas, n=8, seed=4))
     assert len(set(samples.tolist())) == 8 and np.all(np.abs(samples - value) < 0.1)
     low, high = M.confidence_interval(samples)
     assert low < high and low == pytest.approx(np.percentile(samples, 2.5))

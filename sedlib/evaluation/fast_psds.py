@@ -22,17 +22,25 @@ neighbouring scores; nodes come from the nearest smaller score left and right of
 over all clips and classes at once). The number of detections, the false positives and the cross triggers at
 ``u`` are sums of node properties over the alive nodes (+1 at ``hi``, -1 at ``lo``); true positives are
 evaluated per ground-truth event at each threshold where one of its overlapping relevant nodes appears or
-disappears. A sum of one or two intersections is bit-identical to sed_scores_eval's (float addition is
-commutative, the other terms are exact zeros). The rare cases where that argument does not hold (a sum of three
-or more intersections within 1e-9 s of a rounding boundary; frames so short that a criterion rounds to 0 s) are
-computed for the affected clip and class by sed_scores_eval's own per-clip code, so every value is exact.
+disappears. A node's -1 at ``lo`` is its parent's +1 at ``hi``, so both are netted into one entry per node.
+
+Only thresholds that can be on the PSD-ROC are evaluated: per class, below a score where the detections in clips
+without events of the class (all false positives) alone exceed ``max_efpr``, every point has eFPR > ``max_efpr``
+and is cut by sed_scores_eval too; leaving those thresholds out removes ~90 % of the detections of a realistic
+system (its noise floor). Bootstrap replicates check that they need no lower threshold (else recompute).
+
+Exactness: a sum of one or two intersections is bit-identical to sed_scores_eval's (float addition is
+commutative, the other terms are exact zeros); every count is an integer. The rare cases where that argument does
+not hold (a sum of three or more intersections within 1e-9 s of a rounding boundary; frames so short that a
+criterion rounds to 0 s) are computed for the affected clip and class by sed_scores_eval's own per-clip code.
+Tested equal (PSDS, per-class PSDS, PSD-ROC, bootstrap replicates) in ``tests/test_fast_psds.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -109,9 +117,10 @@ def _stack_tables(tables: Mapping[str, pd.DataFrame]) -> tuple[list[str], list[s
     last = offsets[1:] - 1
     inner = np.ones(len(stacked) - 1, dtype=bool)
     inner[last[:-1]] = False  # a clip's last offset is not followed by its own next onset
-    bad_zero = onsets == offsets_s
+    bad_length = ~(offsets_s > onsets)
     bad_gap = inner & (offsets_s[:-1] != onsets[1:])
-    for bad, what in ((bad_zero, "frames of zero length"), (bad_gap, "an offset that differs from the next onset")):
+    for bad, what in ((bad_length, "frames that do not end after they start"),
+                      (bad_gap, "an offset that differs from the next onset")):
         if bad.any():
             clip = clips[int(np.searchsorted(offsets, np.flatnonzero(bad)[0], side="right")) - 1]
             raise ValueError(f"score table of {clip}: {what}")
@@ -137,8 +146,8 @@ def _ground_truth_arrays(ground_truth: Mapping[str, Sequence[Event]], clips: lis
             if len(event) != 3 or event[2] not in index:
                 raise ValueError(f"ground truth of {clip}: event {event} is not (onset, offset, one of {classes})")
             onset, offset, label = float(event[0]), float(event[1]), event[2]
-            if not offset > onset:
-                raise ValueError(f"ground truth of {clip}: event {event} must end after it starts")
+            if offset < onset:
+                raise ValueError(f"ground truth of {clip}: event {event} ends before it starts")
             rows.append((q, index[label], onset, offset))
     if not rows:
         raise ValueError("ground truth has no events")
@@ -157,88 +166,210 @@ def _ground_truth_arrays(ground_truth: Mapping[str, Sequence[Event]], clips: lis
 
 
 # ----------------------------------------------------------------------------- shared structure
+@dataclass(frozen=True)
+class PSDSScenario:
+    """Intersection-based PSDS parameters (DCASE definition); ``max_efpr`` in false positives per hour."""
+
+    dtc_threshold: float
+    gtc_threshold: float
+    cttc_threshold: float | None
+    alpha_ct: float
+    alpha_st: float
+    max_efpr: float = 100.0
+
+    def __post_init__(self):
+        if (self.alpha_ct == 0.0) != (self.cttc_threshold is None):  # sed_scores_eval's psd_roc checks
+            raise ValueError(f"PSDS scenario: a cttc_threshold is needed exactly when alpha_ct != 0, got {self}")
+
+    @property
+    def run_criterion(self) -> float:
+        """The smallest fraction of a detection's length a criterion asks for (DTC, CTTC)."""
+        return self.dtc_threshold if self.cttc_threshold is None else min(self.dtc_threshold, self.cttc_threshold)
+
+
+def _lowest_relevant_cut(values: np.ndarray, runs: np.ndarray, duration: float, limit: float) -> float:
+    """Highest score ``cut`` such that at every threshold ``<= cut`` more than ``limit`` false positives per hour
+    are certain. ``values``: distinct scores, descending; ``runs[j]``: false positives certain at thresholds in
+    ``(values[j + 1], values[j]]`` (detections in clips without events of the class).
+
+    Such thresholds have eFPR > ``limit`` whatever else happens (every other term of the eFPR is >= 0 and the
+    float operations are monotone), so they cannot be on a PSD-ROC cut at ``limit``. -inf when none is sure.
+    """
+    if len(values) == 0:
+        return -np.inf
+    relevant = runs / duration * SECONDS_PER_HOUR <= limit
+    if relevant[-1]:
+        return -np.inf
+    below = np.flatnonzero(relevant)
+    return float(values[below[-1] + 1]) if len(below) else float(values[0])
+
+
+def _extrema(by_class: np.ndarray, frame_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """sed_scores_eval's ``onset_deltas`` of (C, N) scores: flat indices (class * N + frame), scores and deltas:
+    +1 where a detection appears (local maximum, plateaus included), -1 where two merge (local minimum).
+    Frames outside a clip count as -inf."""
+    starts, ends = frame_offsets[:-1], frame_offsets[1:] - 1
+    rises = np.empty(by_class.shape, dtype=bool)
+    np.greater(by_class[:, 1:], by_class[:, :-1], out=rises[:, 1:])
+    rises[:, starts] = True
+    rises_next = np.zeros_like(rises)
+    rises_next[:, :-1] = rises[:, 1:]
+    rises_next[:, ends] = False
+    flat = np.flatnonzero(rises != rises_next)
+    return flat, by_class.ravel()[flat], np.where(rises.ravel()[flat], 1.0, -1.0)
+
+
+def _elements(by_class: np.ndarray, frame_offsets: np.ndarray, cuts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices (class * N + first frame) of the elements: frames above the class's cut and their
+    neighbours (where runs end), consecutive equal scores merged into one element."""
+    starts = frame_offsets[:-1]
+    above = by_class > cuts[:, None]
+    kept = above.copy()
+    kept[:, 1:] |= above[:, :-1]
+    kept[:, :-1] |= above[:, 1:]
+    same = np.zeros_like(kept)
+    np.equal(by_class[:, 1:], by_class[:, :-1], out=same[:, 1:])
+    same[:, starts] = False
+    same[:, 1:] &= kept[:, :-1]
+    return np.flatnonzero(kept & ~same)
+
+
+def _max_tree(v: np.ndarray, pos: np.ndarray, top: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Max-tree nodes of the sequence ``v`` (-inf sentinels between segments; elements at ``pos``), for the
+    elements with ``top``: the node's lowest element, the positions around it (nearest <= on the left, nearest
+    < on the right) and the position of its parent's lowest element (-1: root, or parent not in ``top``)."""
+    p, r = _prev_less_equal(v), _next_less(v)
+    value = v[pos]
+    m = pos[top & (v[p[pos]] < value)]  # first element of each node at its own level
+    node_of_pos = np.full(len(v), -1)
+    node_of_pos[m] = np.arange(len(m))
+    later = pos[top & (v[p[pos]] == value)]  # equal score further right in the same node
+    anchor = p[later]
+    while later.size:
+        done = node_of_pos[anchor] >= 0
+        node_of_pos[later[done]] = node_of_pos[anchor[done]]
+        later, anchor = later[~done], p[anchor[~done]]
+    parent = node_of_pos[np.where(v[p[m]] >= v[r[m]], p[m], r[m])]
+    return m, p[m], r[m], parent
+
+
 class DetectionTrees:
-    """Every detection of every clip and class at every threshold (max-tree nodes) and their overlaps with the
-    ground truth; built once, shared by the PSDS scenarios and the bootstrap.
+    """Every detection of every clip and class at every relevant threshold (max-tree nodes) and their overlaps
+    with the ground truth; built once, shared by the PSDS scenarios and the bootstrap.
 
     ``tables``: ``{clip: score DataFrame (onset, offset, classes...)}``; ``ground_truth``: ``{clip: [(onset s,
-    offset s, label)]}`` with exactly the tables' clips.
+    offset s, label)]}`` with exactly the tables' clips; ``durations``: ``{clip: s}``; ``scenarios``: the
+    :class:`PSDSScenario` s to be evaluated (their largest ``max_efpr`` and smallest run criterion).
+
+    Per class, thresholds at or below ``cuts[c]`` are left out: there, the detections in clips without events of
+    the class (all false positives) alone exceed ``efpr_margin * max_efpr``, so these thresholds lie beyond the
+    PSD-ROC's cut for this clip set and for resampled ones (checked per replicate by :func:`psd_roc`).
+    ``cuts``: given explicitly to rebuild for a replicate that needs lower thresholds.
     """
 
-    def __init__(self, tables: Mapping[str, pd.DataFrame], ground_truth: Mapping[str, Sequence[Event]]):
-        self.tables = tables
-        self.ground_truth = ground_truth
+    def __init__(
+        self,
+        tables: Mapping[str, pd.DataFrame],
+        ground_truth: Mapping[str, Sequence[Event]],
+        durations: Mapping[str, float],
+        scenarios: Sequence[PSDSScenario],
+        efpr_margin: float = 1.5,
+        cuts: np.ndarray | None = None,
+    ):
+        self.tables, self.ground_truth, self.scenarios = tables, ground_truth, list(scenarios)
         self.clips, self.classes, scores, self.timestamps, self.frame_offsets = _stack_tables(tables)
+        missing = [clip for clip in self.clips if clip not in durations]
+        if missing:
+            raise ValueError(f"durations: no duration for {len(missing)} clips, e.g. {missing[:3]}")
+        self.durations = {clip: durations[clip] for clip in self.clips}
         n_frames, n_classes = scores.shape
         n_clips = len(self.clips)
+        self.max_efpr = max(s.max_efpr for s in self.scenarios)
+        self.run_criterion = min(s.run_criterion for s in self.scenarios)
         self.ts_offsets = self.frame_offsets + np.arange(n_clips + 1)  # first boundary index of each clip
         clip_of_frame = np.repeat(np.arange(n_clips), np.diff(self.frame_offsets))
         frame_lengths = np.diff(self.timestamps)[np.arange(n_frames) + clip_of_frame]
-        self.min_frame_length = np.minimum.reduceat(frame_lengths, self.frame_offsets[:-1])  # (K,) s
+        min_frame_length = np.minimum.reduceat(frame_lengths, self.frame_offsets[:-1])  # (K,) s
+        # clips whose runs may round to 0 s: decided by sed_scores_eval's per-clip code, no bound taken from them
+        self.tiny = np.round(self.run_criterion * min_frame_length, DECIMALS) <= 0
+        self.ev_clip, self.ev_class, self.ev_on, self.ev_off = _ground_truth_arrays(ground_truth, self.clips, self.classes)
+        block = self.ev_clip * n_classes + self.ev_class  # events sorted by (clip, class, onset)
+        self.n_ref = np.bincount(block, minlength=n_clips * n_classes).reshape(n_clips, n_classes)
 
-        # elements: frames whose score differs from the previous frame of the clip (plateaus merged), class-major
-        by_class = np.ascontiguousarray(scores.T)
-        keep = np.ones((n_classes, n_frames), dtype=bool)
-        np.not_equal(by_class[:, 1:], by_class[:, :-1], out=keep[:, 1:])
-        keep[:, self.frame_offsets[:-1]] = True
-        flat = np.flatnonzero(keep)
+        # per class, the cut: the detections in clips without events of the class are false positives
+        by_class = np.ascontiguousarray(scores.T)  # (C, N)
+        flat, ext_value, ext_delta = _extrema(by_class, self.frame_offsets)
+        ext_class, ext_clip = flat // n_frames, clip_of_frame[flat % n_frames]
+        sure = ~(self.n_ref > 0)[ext_clip, ext_class] & ~self.tiny[ext_clip]
+        self.sure_fp = []  # per class: (distinct scores descending, last row of each, clip and delta per row)
+        for c in range(n_classes):
+            rows = np.flatnonzero(sure & (ext_class == c))
+            rows = rows[np.argsort(ext_value[rows])[::-1]]
+            last = np.ones(len(rows), dtype=bool)
+            last[:-1] = ext_value[rows[1:]] != ext_value[rows[:-1]]
+            self.sure_fp.append((ext_value[rows][last], last, ext_clip[rows], ext_delta[rows]))
+        if cuts is None:
+            duration = sum(self.durations[clip] for clip in self.clips)
+            cuts = self.required_cuts(np.ones(n_clips), duration, efpr_margin * self.max_efpr)
+        self.cuts = np.asarray(cuts, dtype=np.float64)
+        keep = ext_value > self.cuts[ext_class]
+        self.ext_class, self.ext_clip = ext_class[keep], ext_clip[keep]
+        self.ext_value, self.ext_delta = ext_value[keep], ext_delta[keep]
+
+        # elements in a sequence with a -inf sentinel before every (class, clip) segment and at the end
+        flat = _elements(by_class, self.frame_offsets, self.cuts)
         cls, frame = np.divmod(flat, n_frames)
         clip = clip_of_frame[frame]
-        value = by_class.ravel()[flat]
-        end = np.append(frame[1:], n_frames)
-        end[:-1][cls[1:] != cls[:-1]] = n_frames
         segment = cls * n_clips + clip
-        # sequence with a -inf sentinel before every (class, clip) segment and at the end
+        end = self.frame_offsets[clip + 1]  # exclusive end frame: the next element's first within the segment
+        follows = segment[1:] == segment[:-1]
+        end[:-1][follows] = frame[1:][follows]
         pos = np.arange(len(flat)) + segment + 1
         v = np.full(len(flat) + n_classes * n_clips + 1, -np.inf)
-        v[pos] = value
+        v[pos] = by_class.ravel()[flat]
         elem_of_pos = np.full(len(v), -1)
         elem_of_pos[pos] = np.arange(len(flat))
 
-        # extrema: +1 detection where a local maximum appears, -1 where two detections merge (sed_scores_eval's
-        # onset_deltas); plateaus are single elements, sentinels count as -inf neighbours
-        left, right = v[pos - 1], v[pos + 1]
-        maxima, minima = (value > left) & (value > right), (value < left) & (value < right)
-        ext = maxima | minima
-        self.ext_class, self.ext_clip, self.ext_value = cls[ext], clip[ext], value[ext]
-        self.ext_delta = np.where(maxima[ext], 1.0, -1.0)
-        self.segment_max = np.maximum.reduceat(by_class, self.frame_offsets[:-1], axis=1).T  # (K, C)
-
-        # nodes: one per distinct (nearest <= on the left, nearest < on the right) pair
-        p, r = _prev_less_equal(v), _next_less(v)
-        m = pos[v[p[pos]] < value]  # first element of each node at its own level
-        first, last = elem_of_pos[p[m] + 1], elem_of_pos[r[m] - 1]
+        # nodes above the cut: boundary indices of their first / last frame, hi, lo, parent node
+        m, left, right, self.node_parent = _max_tree(v, pos, v[pos] > self.cuts[cls])
+        first, last = elem_of_pos[left + 1], elem_of_pos[right - 1]
         self.node_class, self.node_clip = cls[elem_of_pos[m]], clip[elem_of_pos[m]]
-        self.node_on = frame[first] + self.node_clip  # boundary indices
+        self.node_on = frame[first] + self.node_clip
         self.node_off = end[last] + self.node_clip
-        self.node_hi = v[m]
-        self.node_lo = np.maximum(v[p[m]], v[r[m]])
-        t0, t1 = self.timestamps[self.node_on], self.timestamps[self.node_off]
-        self.node_t0, self.node_t1, self.node_length = t0, t1, t1 - t0
+        self.node_hi, self.node_lo = v[m], np.maximum(v[left], v[right])
+        self.node_t0, self.node_t1 = self.timestamps[self.node_on], self.timestamps[self.node_off]
+        self.node_length = self.node_t1 - self.node_t0
 
-        # ground truth: events sorted by (clip, class, onset), per-boundary counts of events ended / started
-        self.ev_clip, self.ev_class, self.ev_on, self.ev_off = _ground_truth_arrays(ground_truth, self.clips, self.classes)
-        block = self.ev_clip * n_classes + self.ev_class
-        self.block_start = np.searchsorted(block, np.arange(n_clips * n_classes + 1))
-        self.n_ref = np.bincount(block, minlength=n_clips * n_classes).reshape(n_clips, n_classes)
+        # each event's first boundary at or after its offset / after its onset, as sortable integer keys: per
+        # block (clip, class) or per clip, the events ended by boundary b are those with end key <= b
         bounds = np.full((n_clips, int(np.diff(self.ts_offsets).max())), np.inf)
         local = np.arange(len(self.timestamps)) - np.repeat(self.ts_offsets[:-1], np.diff(self.ts_offsets))
         bounds[np.repeat(np.arange(n_clips), np.diff(self.ts_offsets)), local] = self.timestamps
-        ended = (bounds[self.ev_clip] < self.ev_off[:, None]).sum(1)  # boundaries before the offset
-        started = (bounds[self.ev_clip] <= self.ev_on[:, None]).sum(1)
-        self.ends_le = self._boundary_counts(ended)  # (N + K, C) events of the boundary's clip ended by it
-        self.starts_lt = self._boundary_counts(started)  # events started before it
+        ends = self.ts_offsets[self.ev_clip] + (bounds[self.ev_clip] < self.ev_off[:, None]).sum(1)
+        begins = self.ts_offsets[self.ev_clip] + (bounds[self.ev_clip] <= self.ev_on[:, None]).sum(1)
+        self.n_bounds = len(self.timestamps) + 1
+        self.end_keys, self.begin_keys = block * self.n_bounds + ends, block * self.n_bounds + begins
+        self.clip_end_keys = np.sort(self.ev_clip * self.n_bounds + ends)
+        self.clip_begin_keys = np.sort(self.ev_clip * self.n_bounds + begins)
 
         # target overlaps: (node, event of the node's class) pairs with the intersection in seconds
         self.target_pairs = self._overlaps(np.arange(len(self.node_hi)), self.node_class)
 
-    def _boundary_counts(self, first_boundary: np.ndarray) -> np.ndarray:
-        """(N + K, C): per boundary, how many events of its clip (per class) have ``first_boundary`` <= it."""
-        n_classes = len(self.classes)
-        diff = np.zeros((len(self.timestamps) + 1, n_classes), dtype=np.int32)
-        np.add.at(diff, (self.ts_offsets[self.ev_clip] + first_boundary, self.ev_class), 1)
-        np.add.at(diff, (self.ts_offsets[self.ev_clip + 1], self.ev_class), -1)
-        return np.cumsum(diff, axis=0)[:-1]
+    def required_cuts(self, weight: np.ndarray, duration: float, limit: float) -> np.ndarray:
+        """(C,) per class the highest score at and below which a PSD-ROC cut at ``limit`` per hour cannot reach,
+        for clips counted ``weight`` times with total ``duration`` s (see :func:`_lowest_relevant_cut`)."""
+        return np.array([
+            _lowest_relevant_cut(values, np.cumsum(delta * weight[clip])[last], duration, limit)
+            for values, last, clip, delta in self.sure_fp
+        ])
+
+    def _block_overlaps(self, nodes: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """First event (sorted index) of block (node's clip, class) overlapping each node, and how many do."""
+        block = self.node_clip[nodes] * len(self.classes) + classes
+        base = block * self.n_bounds
+        first = np.searchsorted(self.end_keys, base + self.node_on[nodes], side="right")
+        count = np.searchsorted(self.begin_keys, base + self.node_off[nodes], side="right") - first
+        return first, count
 
     def _overlaps(self, nodes: np.ndarray, classes: np.ndarray) -> dict[str, np.ndarray]:
         """(node, event) pairs of the given nodes with the events of ``classes`` (same length) they overlap.
@@ -246,11 +377,10 @@ class DetectionTrees:
         Returns ``couple`` (index into ``nodes``), ``event``, ``inter`` (intersection s, >= 0) per pair and
         ``sum`` / ``terms`` (sum of intersections, number of positive ones) per couple.
         """
-        start = self.ends_le[self.node_on[nodes], classes]
-        count = self.starts_lt[self.node_off[nodes], classes] - start
+        first, count = self._block_overlaps(nodes, classes)
         couple, k = _ragged_arange(count)
         node = nodes[couple]
-        event = self.block_start[self.node_clip[node] * len(self.classes) + classes[couple]] + start[couple] + k
+        event = first[couple] + k
         inter = np.maximum(
             np.minimum(self.node_t1[node], self.ev_off[event]) - np.maximum(self.node_t0[node], self.ev_on[event]), 0.0
         )
@@ -264,16 +394,28 @@ class DetectionTrees:
 
     @cached_property
     def other_pairs(self) -> dict[str, np.ndarray]:
-        """Overlaps of the nodes with the events of the other classes: couples (node, class) with any overlap."""
+        """Overlaps of the nodes with the events of the other classes, per couple (node, class) with overlap."""
         n_classes = len(self.classes)
-        total_start = self.ends_le[self.node_on].sum(1) - self.ends_le[self.node_on, self.node_class]
-        total_count = self.starts_lt[self.node_off].sum(1) - self.starts_lt[self.node_off, self.node_class] - total_start
-        nodes = np.flatnonzero(total_count > 0)
-        counts = self.starts_lt[self.node_off[nodes]] - self.ends_le[self.node_on[nodes]]  # (n, C)
-        counts[np.arange(len(nodes)), self.node_class[nodes]] = 0
-        row, cls = np.nonzero(counts)
-        pairs = self._overlaps(nodes[row], cls)
-        pairs["node"], pairs["class"] = nodes[row], cls
+        clip_base = self.node_clip * self.n_bounds
+        overlapping = np.searchsorted(self.clip_begin_keys, clip_base + self.node_off, side="right")
+        overlapping -= np.searchsorted(self.clip_end_keys, clip_base + self.node_on, side="right")
+        nodes = np.flatnonzero(overlapping > self._block_overlaps(np.arange(len(self.node_hi)), self.node_class)[1])
+        present = self.n_ref > 0  # (K, C)
+        counts = present.sum(1)
+        listed = np.flatnonzero(present.ravel()) % n_classes  # classes with events, clip after clip
+        first = np.cumsum(counts) - counts
+        owner, k = _ragged_arange(counts[self.node_clip[nodes]])
+        node = nodes[owner]
+        cls = listed[first[self.node_clip[node]] + k]
+        count = self._block_overlaps(node, cls)[1]
+        keep = (count > 0) & (cls != self.node_class[node])
+        node, cls = node[keep], cls[keep]
+        pairs = self._overlaps(node, cls)
+        pairs["node"], pairs["class"] = node, cls
+        # slot of each couple's class among its clip's classes with events: dense (node, slot) keys for netting
+        slot = np.cumsum(present, axis=1) - 1
+        pairs["slots"] = int(counts.max())
+        pairs["slot"] = slot[self.node_clip[node], cls]
         return pairs
 
 
@@ -282,15 +424,13 @@ class DetectionTrees:
 class IntersectionDeltas:
     """Change of the intersection statistics of each clip and class where the threshold falls below a score.
 
-    Long format, one row per change: ``cls``, ``clip`` (indices into ``classes`` / ``clips``), ``value`` (the
-    score), ``stat`` (0 true positives, 1 false positives, 2 + k cross triggers with class k) and ``delta``.
-    ``cross_triggers``: whether cts were evaluated (a CTTC threshold was given).
+    Long format, one row per change above the class's cut: ``cls``, ``clip`` (indices into ``trees.classes`` /
+    ``trees.clips``), ``value`` (the score), ``stat`` (0 true positives, 1 false positives, 2 + k cross
+    triggers with class k) and ``delta``.
     """
 
-    clips: list[str]
-    classes: list[str]
-    ground_truth: Mapping[str, Sequence[Event]]
-    cross_triggers: bool
+    trees: DetectionTrees
+    scenario: PSDSScenario
     cls: np.ndarray
     clip: np.ndarray
     value: np.ndarray
@@ -302,7 +442,7 @@ class IntersectionDeltas:
     def thresholds(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per class: (rows of the class, rank of each row's score among the class's scores, sorted scores)."""
         out = []
-        for c in range(len(self.classes)):
+        for c in range(len(self.trees.classes)):
             rows = np.flatnonzero(self.cls == c)
             scores, rank = np.unique(self.value[rows], return_inverse=True)
             out.append((rows, rank, scores))
@@ -310,6 +450,7 @@ class IntersectionDeltas:
 
 
 def _entries(cls, clip, value, stat, delta) -> tuple[np.ndarray, ...]:
+    """One delta-entry block (class, clip, score, statistic id, delta); scalars are broadcast to the scores."""
     n = len(value)
     return (
         np.broadcast_to(cls, n), np.broadcast_to(clip, n), np.asarray(value, dtype=np.float64),
@@ -317,15 +458,30 @@ def _entries(cls, clip, value, stat, delta) -> tuple[np.ndarray, ...]:
     )
 
 
-def _node_entries(trees: DetectionTrees, nodes: np.ndarray, stat, sign: float) -> list[tuple[np.ndarray, ...]]:
-    """+sign at each node's hi, -sign at its lo (unless it lives down to the lowest threshold); ``stat``: one
-    id or one per node."""
-    stat = np.broadcast_to(stat, nodes.shape)
-    dies = trees.node_lo[nodes] > -np.inf
-    return [
-        _entries(trees.node_class[nodes], trees.node_clip[nodes], trees.node_hi[nodes], stat, sign),
-        _entries(trees.node_class[nodes[dies]], trees.node_clip[nodes[dies]], trees.node_lo[nodes[dies]], stat[dies], -sign),
-    ]
+def _net_node_entries(trees: DetectionTrees, flag: np.ndarray, stat: int, sign: float) -> tuple[np.ndarray, ...]:
+    """Entries of a node property (``flag`` per node) counted over the alive nodes, times ``sign``.
+
+    Each node contributes +flag at its hi and -flag at its lo; the lo of a node is its parent's hi, so the
+    entry at a node's hi is ``flag(node) - sum of flag(children)``, and no entry is needed at any lo.
+    """
+    child = flag & (trees.node_parent >= 0)
+    net = flag.astype(np.float64) - np.bincount(trees.node_parent[child], minlength=len(flag))
+    nodes = np.flatnonzero(net)
+    return _entries(trees.node_class[nodes], trees.node_clip[nodes], trees.node_hi[nodes], stat, sign * net[nodes])
+
+
+def _net_couple_entries(trees: DetectionTrees, flag: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Cross-trigger entries from ``flag`` per (node, other class) couple of ``trees.other_pairs``, netted as in
+    :func:`_net_node_entries` (a node's parent overlaps every class the node overlaps, so it has the couple)."""
+    pairs = trees.other_pairs
+    node, slot, slots = pairs["node"], pairs["slot"], pairs["slots"]
+    parent = trees.node_parent[node]
+    child = flag & (parent >= 0)
+    children = np.bincount(parent[child] * slots + slot[child], minlength=len(trees.node_hi) * slots)
+    net = flag.astype(np.float64) - children[node * slots + slot]
+    hits = np.flatnonzero(net)
+    node = node[hits]
+    return _entries(trees.node_class[node], trees.node_clip[node], trees.node_hi[node], 2 + pairs["class"][hits], net[hits])
 
 
 def _true_positive_entries(trees: DetectionTrees, relevant: np.ndarray, gtc: float):
@@ -338,10 +494,12 @@ def _true_positive_entries(trees: DetectionTrees, relevant: np.ndarray, gtc: flo
     keep = relevant[pairs["couple"]] & (pairs["inter"] > 0)
     node, event, inter = pairs["couple"][keep], pairs["event"][keep], pairs["inter"][keep]
     hi, lo = trees.node_hi[node], trees.node_lo[node]
-    dies = lo > -np.inf
+    dies = lo > trees.cuts[trees.node_class[node]]  # else alive at every threshold evaluated below hi
     w_event = np.concatenate((event, event[dies]))
     w_value = np.concatenate((hi, lo[dies]))
-    order = np.lexsort((-w_value, w_event))  # per event, thresholds from high to low
+    order = np.argsort(-w_value)
+    key = w_event[order].astype(np.uint16 if len(trees.ev_on) <= np.iinfo(np.uint16).max else np.int64)
+    order = order[np.argsort(key, kind="stable")]  # per event, thresholds from high to low (radix sort)
     s_event, s_value = w_event[order], w_value[order]
     new = np.ones(len(order), dtype=bool)
     new[1:] = (s_event[1:] != s_event[:-1]) | (s_value[1:] != s_value[:-1])
@@ -376,7 +534,8 @@ def _true_positive_entries(trees: DetectionTrees, relevant: np.ndarray, gtc: flo
         entries.append(
             _entries(
                 trees.ev_class[always], trees.ev_clip[always],
-                trees.segment_max[trees.ev_clip[always], trees.ev_class[always]], TP, 1.0,
+                [trees.tables[trees.clips[q]][trees.classes[c]].max() for q, c in
+                 zip(trees.ev_clip[always], trees.ev_class[always])], TP, 1.0,
             )
         )
     return entries, ambiguous
@@ -418,16 +577,13 @@ def _reference_segment(trees: DetectionTrees, q: int, c: int, dtc: float, gtc: f
     return entries
 
 
-def intersection_deltas(
-    trees: DetectionTrees, dtc_threshold: float, gtc_threshold: float, cttc_threshold: float | None = None
-) -> IntersectionDeltas:
-    """Per clip and class, the changes of (tps, fps, cts) over all thresholds for one scenario."""
-    dtc, gtc, cttc = dtc_threshold, gtc_threshold, cttc_threshold
-    n_classes, n_clips = len(trees.classes), len(trees.clips)
-    reference = np.zeros((n_clips, n_classes), dtype=bool)
-    # frames so short that a run's criterion rounds to 0 s: sed_scores_eval's per-clip code decides
-    run_criterion = dtc if cttc is None else min(dtc, cttc)
-    reference[np.round(run_criterion * trees.min_frame_length, DECIMALS) <= 0] = True
+def intersection_deltas(trees: DetectionTrees, scenario: PSDSScenario) -> IntersectionDeltas:
+    """Per clip and class, the changes of (tps, fps, cts) over the thresholds above the cuts for one scenario."""
+    if scenario.max_efpr > trees.max_efpr or scenario.run_criterion < trees.run_criterion:
+        raise ValueError(f"{scenario} was not among the scenarios the detection trees were built for")
+    dtc, gtc, cttc = scenario.dtc_threshold, scenario.gtc_threshold, scenario.cttc_threshold
+    reference = np.zeros((len(trees.clips), len(trees.classes)), dtype=bool)
+    reference[trees.tiny] = True  # runs whose criterion may round to 0 s: sed_scores_eval's per-clip code
 
     # detections meeting the DTC (only nodes overlapping target events can: no run rounds to 0 s)
     target = trees.target_pairs
@@ -435,21 +591,19 @@ def intersection_deltas(
     relevant &= target["terms"] > 0
     doubtful = (target["terms"] >= 3) & _near_rounding_boundary(target["sum"])
     reference[trees.node_clip[doubtful], trees.node_class[doubtful]] = True
-    relevant_nodes = np.flatnonzero(relevant)
 
     entries = [_entries(trees.ext_class, trees.ext_clip, trees.ext_value, FP, trees.ext_delta)]
-    entries += _node_entries(trees, relevant_nodes, FP, -1.0)
+    entries.append(_net_node_entries(trees, relevant, FP, -1.0))
     tp_entries, ambiguous_events = _true_positive_entries(trees, relevant, gtc)
     entries += tp_entries
     reference[trees.ev_clip[ambiguous_events], trees.ev_class[ambiguous_events]] = True
     if cttc is not None:
         other = trees.other_pairs
-        ct = (np.round(other["sum"], DECIMALS) >= np.round(cttc * trees.node_length[other["node"]], DECIMALS))
+        ct = np.round(other["sum"], DECIMALS) >= np.round(cttc * trees.node_length[other["node"]], DECIMALS)
         ct &= ~relevant[other["node"]] & (other["terms"] > 0)
         doubtful = (other["terms"] >= 3) & _near_rounding_boundary(other["sum"])
         reference[trees.node_clip[other["node"][doubtful]], trees.node_class[other["node"][doubtful]]] = True
-        hits = np.flatnonzero(ct)
-        entries += _node_entries(trees, other["node"][hits], 2 + other["class"][hits], 1.0)
+        entries.append(_net_couple_entries(trees, ct))
 
     cls, clip, value, stat, delta = (np.concatenate(parts) for parts in zip(*entries))
     keep = ~reference[clip, cls]
@@ -458,11 +612,10 @@ def intersection_deltas(
     for q, c in redo:
         entries += _reference_segment(trees, int(q), int(c), dtc, gtc, cttc)
     cls, clip, value, stat, delta = (np.concatenate(parts) for parts in zip(*entries))
-    nonzero = delta != 0
+    keep = (delta != 0) & (value > trees.cuts[cls])
     return IntersectionDeltas(
-        clips=trees.clips, classes=trees.classes, ground_truth=trees.ground_truth, cross_triggers=cttc is not None,
-        cls=cls[nonzero].astype(np.int64), clip=clip[nonzero].astype(np.int64), value=value[nonzero],
-        stat=stat[nonzero].astype(np.int64), delta=delta[nonzero], reference_segments=len(redo),
+        trees=trees, scenario=scenario, cls=cls[keep].astype(np.int64), clip=clip[keep].astype(np.int64),
+        value=value[keep], stat=stat[keep].astype(np.int64), delta=delta[keep], reference_segments=len(redo),
     )
 
 
@@ -481,48 +634,59 @@ def _single_class_roc(tp_ratio: np.ndarray, efpr: np.ndarray, max_efpr: float) -
     return tp_ratio[-1 - last], efpr
 
 
-def psd_roc(
-    deltas: IntersectionDeltas,
-    durations: Mapping[str, float],
-    alpha_ct: float,
-    alpha_st: float,
-    max_efpr: float,
-    draw: np.ndarray | None = None,
-) -> tuple[float, dict[str, float], np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """PSDS, per-class PSDS, the PSD-ROC (eTPR, eFPR per hour) and per-class (TPR, eFPR) from ``deltas``.
+class PSDROC(NamedTuple):
+    """PSDS of one scenario with its curves."""
 
-    ``draw``: indices into ``deltas.clips`` (with repetition) of a resampled clip set; a clip drawn k times
-    counts k times (events, detections, duration). Default: every clip once.
+    value: float
+    per_class: dict[str, float]  # single-class PSDS: area under the class's TPR-vs-eFPR curve / max_efpr
+    etpr: np.ndarray  # PSD-ROC: effective TPR ...
+    efpr: np.ndarray  # ... against effective FPR (per hour)
+    class_rocs: dict[str, tuple[np.ndarray, np.ndarray]]  # per class (TPR, eFPR per hour)
+
+
+def psd_roc(deltas: IntersectionDeltas, draw: np.ndarray | None = None) -> PSDROC:
+    """PSDS, per-class PSDS and the PSD-ROC of the scenario of ``deltas``.
+
+    ``draw``: indices into ``deltas.trees.clips`` (with repetition) of a resampled clip set; a clip drawn k
+    times counts k times (events, detections, duration). Default: every clip once. When a resampled set
+    needs thresholds below the cuts of ``deltas`` (its false positives are rarer), the deltas are recomputed
+    with lower cuts for it.
     """
-    if alpha_ct != 0.0 and not deltas.cross_triggers:
-        raise ValueError("alpha_ct is not 0 but the deltas were computed without a cttc_threshold")
-    clips, classes = deltas.clips, deltas.classes
-    if draw is None:
-        draw = np.arange(len(clips))
+    trees, scenario = deltas.trees, deltas.scenario
+    clips, classes = trees.clips, trees.classes
+    draw = np.arange(len(clips)) if draw is None else np.asarray(draw)
     weight = np.bincount(draw, minlength=len(clips)).astype(np.float64)
-    duration = sum(durations[clips[i]] for i in draw)
+    duration = sum(trees.durations[clips[i]] for i in draw)
+    needed = trees.required_cuts(weight, duration, scenario.max_efpr)
+    if (needed < trees.cuts).any():
+        lower = DetectionTrees(trees.tables, trees.ground_truth, trees.durations, [scenario],
+                               cuts=np.minimum(needed, trees.cuts))
+        deltas = intersection_deltas(lower, scenario)
     n_ref = {c: 0 for c in classes}
     t_ref = {c: 0.0 for c in classes}
-    for i in draw:
-        for onset, offset, label in deltas.ground_truth[clips[i]]:
+    for i in draw:  # sed_scores_eval's sums, in its order
+        for onset, offset, label in trees.ground_truth[clips[i]]:
             n_ref[label] += 1
             t_ref[label] += offset - onset
-    n_stats = 2 + len(classes)
+    n_stats = 2 + len(classes) if scenario.cttc_threshold is not None else 2
     rocs = {}
     for c, name in enumerate(classes):
         rows, rank, scores = deltas.thresholds[c]
-        w = deltas.delta[rows] * weight[deltas.clip[rows]]
-        used = np.bincount(rank, weights=weight[deltas.clip[rows]], minlength=len(scores)) > 0
-        acc = np.bincount(deltas.stat[rows] * len(scores) + rank, weights=w, minlength=n_stats * len(scores))
+        w = weight[deltas.clip[rows]]
+        used = np.bincount(rank, weights=w, minlength=len(scores)) > 0
+        acc = np.bincount(deltas.stat[rows] * len(scores) + rank, weights=deltas.delta[rows] * w,
+                          minlength=n_stats * len(scores))
         acc = acc.reshape(n_stats, len(scores))[:, used]
         stats = np.concatenate((np.cumsum(acc[:, ::-1], axis=1)[:, ::-1], np.zeros((n_stats, 1))), axis=1)
         tp_ratio = stats[TP] / max(n_ref[name], 1)
         efpr = stats[FP] / duration
-        if alpha_ct != 0.0:
+        if scenario.alpha_ct != 0.0:
             ct_rates = [stats[2 + k] / max(t_ref[other], 1e-12) for k, other in enumerate(classes) if k != c]
-            efpr = efpr + alpha_ct * np.mean(ct_rates, axis=0)
-        rocs[name] = _single_class_roc(tp_ratio, efpr * SECONDS_PER_HOUR, max_efpr)
-    etpr, efpr = multi_class_psd_roc_from_single_class_psd_rocs(rocs, alpha_st=alpha_st, max_efpr=max_efpr)
-    value = psds_from_psd_roc(etpr, efpr, max_efpr)
-    per_class = {name: psds_from_psd_roc(tpr, fpr, max_efpr) for name, (tpr, fpr) in rocs.items()}
-    return float(value), {k: float(v) for k, v in per_class.items()}, etpr, efpr, rocs
+            efpr = efpr + scenario.alpha_ct * np.mean(ct_rates, axis=0)
+        rocs[name] = _single_class_roc(tp_ratio, efpr * SECONDS_PER_HOUR, scenario.max_efpr)
+    etpr, efpr = multi_class_psd_roc_from_single_class_psd_rocs(rocs, alpha_st=scenario.alpha_st, max_efpr=scenario.max_efpr)
+    return PSDROC(
+        float(psds_from_psd_roc(etpr, efpr, scenario.max_efpr)),
+        {name: float(psds_from_psd_roc(tpr, fpr, scenario.max_efpr)) for name, (tpr, fpr) in rocs.items()},
+        etpr, efpr, rocs,
+    )

@@ -1,5 +1,6 @@
-"""Evaluation metrics on post-processed score tables: PSDS1/PSDS2 (sed_scores_eval, every threshold),
-bootstrapped confidence intervals, per-class PSDS, collar-based event F1 and the psds_eval cross-check.
+"""Evaluation metrics on post-processed score tables: PSDS1/PSDS2 (every threshold, sed_scores_eval's
+definitions computed by :mod:`sedlib.evaluation.fast_psds`), bootstrapped confidence intervals, per-class PSDS,
+collar-based event F1 and the psds_eval cross-check.
 
 Units: times in seconds, eFPR in false positives per hour, median windows in output frames.
 The methodology and the ``eval_psds.json`` schema are documented in docs/evaluation.md.
@@ -14,7 +15,7 @@ import subprocess
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
@@ -24,9 +25,9 @@ import pandas as pd
 from psds_eval import PSDSEval
 from sed_scores_eval import collar_based, intersection_based
 from sed_scores_eval.base_modules.io import read_audio_durations, read_ground_truth_events
-from sed_scores_eval.intersection_based.intermediate_statistics import intermediate_statistics_deltas
 
 from sedlib.config import validate_config
+from sedlib.evaluation.fast_psds import DetectionTrees, IntersectionDeltas, PSDSScenario, intersection_deltas, psd_roc
 from sedlib.evaluation.postprocess import (
     Event,
     events_at_thresholds,
@@ -41,18 +42,6 @@ FORMAT = "sedlib.eval_psds/1"
 PACKAGES = ("sedlib", "torch", "numpy", "pandas", "scipy", "sed_scores_eval", "psds_eval", "snakemake")
 CONFIDENCE = 0.95
 PSDS_EVAL_DEFAULT_CTTC = 0.3  # psds_eval needs a value even when alpha_ct = 0 (it is then unused)
-
-
-@dataclass(frozen=True)
-class PSDSScenario:
-    """Intersection-based PSDS parameters (DCASE definition); ``max_efpr`` in false positives per hour."""
-
-    dtc_threshold: float
-    gtc_threshold: float
-    cttc_threshold: float | None
-    alpha_ct: float
-    alpha_st: float
-    max_efpr: float = 100.0
 
 
 SCENARIOS = {
@@ -114,31 +103,27 @@ def require_every_class(ground_truth: Mapping[str, list[Event]], classes: Sequen
         raise ValueError(f"ground truth has classes {unknown} that the scores do not have ({list(classes)})")
 
 
-# ----------------------------------------------------------------------------- PSDS (sed_scores_eval)
-def psds_deltas(tables: Mapping[str, pd.DataFrame], ground_truth: Mapping[str, list[Event]], scenario: PSDSScenario):
-    """Per-clip intersection statistics deltas (sed_scores_eval), reusable for bootstrapping."""
-    return intermediate_statistics_deltas(
-        scores=dict(tables),
-        ground_truth=dict(ground_truth),
-        dtc_threshold=scenario.dtc_threshold,
-        gtc_threshold=scenario.gtc_threshold,
-        cttc_threshold=scenario.cttc_threshold,
-    )
+# ----------------------------------------------------------------------------- PSDS
+def psds_deltas(
+    tables: Mapping[str, pd.DataFrame],
+    ground_truth: Mapping[str, list[Event]],
+    durations: Mapping[str, float],
+    scenario: PSDSScenario,
+    trees: DetectionTrees | None = None,
+) -> IntersectionDeltas:
+    """Per-clip intersection statistics deltas over every threshold, reusable for bootstrapping.
+
+    ``trees``: the detections of ``tables``, built once for all scenarios (default: built here for this one).
+    """
+    if trees is None:
+        trees = DetectionTrees(tables, ground_truth, durations, [scenario])
+    return intersection_deltas(trees, scenario)
 
 
-def psds_from_deltas(
-    deltas: Mapping, ground_truth: Mapping[str, list[Event]], durations: Mapping[str, float], scenario: PSDSScenario
-) -> PSDSResult:
-    """PSDS over every decision threshold from :func:`psds_deltas` (clips = the deltas' keys)."""
-    value, per_class, (etpr, efpr), _ = intersection_based.psds(
-        scores=None,
-        ground_truth=dict(ground_truth),
-        audio_durations=dict(durations),
-        deltas=dict(deltas),
-        unit_of_time="hour",
-        **asdict(scenario),
-    )
-    return PSDSResult(float(value), {c: float(v) for c, v in per_class.items()}, etpr, efpr)
+def psds_from_deltas(deltas: IntersectionDeltas, draw: np.ndarray | None = None) -> PSDSResult:
+    """PSDS of the deltas' clips, or of the resampled clip set ``draw`` (indices into the sorted clips)."""
+    roc = psd_roc(deltas, draw)
+    return PSDSResult(roc.value, roc.per_class, roc.etpr, roc.efpr)
 
 
 def psds(
@@ -146,36 +131,32 @@ def psds(
     ground_truth: Mapping[str, list[Event]],
     durations: Mapping[str, float],
     scenario: PSDSScenario,
+    reference: bool = False,
 ) -> PSDSResult:
-    """PSDS of post-processed score tables against ground truth (clips: the tables' keys; durations in s)."""
-    return psds_from_deltas(psds_deltas(tables, ground_truth, scenario), ground_truth, durations, scenario)
+    """PSDS of post-processed score tables against ground truth (clips: the tables' keys; durations in s).
+
+    ``reference``: compute it with ``sed_scores_eval.intersection_based.psds`` itself (slow; same values).
+    """
+    if not reference:
+        return psds_from_deltas(psds_deltas(tables, ground_truth, durations, scenario))
+    value, per_class, (etpr, efpr), _ = intersection_based.psds(
+        scores=dict(tables),
+        ground_truth=dict(ground_truth),
+        audio_durations=dict(durations),
+        unit_of_time="hour",
+        **asdict(scenario),
+    )
+    return PSDSResult(float(value), {c: float(v) for c, v in per_class.items()}, etpr, efpr)
 
 
-def bootstrap_psds(
-    deltas: Mapping,
-    ground_truth: Mapping[str, list[Event]],
-    durations: Mapping[str, float],
-    scenario: PSDSScenario,
-    n: int,
-    seed: int,
-) -> np.ndarray:
+def bootstrap_psds(deltas: IntersectionDeltas, n: int, seed: int) -> np.ndarray:
     """(n,) PSDS values on clip sets drawn with replacement (as many clips as evaluated, seeded).
 
     A clip drawn k times counts k times: its events, its detections and its duration.
     """
-    clips = sorted(deltas)
+    n_clips = len(deltas.trees.clips)  # sorted clip ids
     rng = np.random.default_rng(seed)
-    values = np.empty(n)
-    for b in range(n):
-        draw = [clips[i] for i in rng.integers(0, len(clips), size=len(clips))]
-        keys = [f"{clip}#{k}" for k, clip in enumerate(draw)]
-        values[b] = psds_from_deltas(
-            {key: deltas[clip] for key, clip in zip(keys, draw)},
-            {key: ground_truth[clip] for key, clip in zip(keys, draw)},
-            {key: durations[clip] for key, clip in zip(keys, draw)},
-            scenario,
-        ).value
-    return values
+    return np.array([psds_from_deltas(deltas, rng.integers(0, n_clips, size=n_clips)).value for _ in range(n)])
 
 
 def confidence_interval(values: np.ndarray, level: float = CONFIDENCE) -> list[float]:
@@ -291,12 +272,14 @@ def evaluate_tables(
         detections = detection_tables(tables, operating_thresholds(settings["psds_eval_thresholds"]))
     boot = settings["bootstrap"]
     rocs = {}
+    with stopwatch(timings, "psds_detections"):
+        trees = DetectionTrees(tables, gt, dur, list(SCENARIOS.values()))
     for name, scenario in SCENARIOS.items():
         with stopwatch(timings, name):
-            deltas = psds_deltas(tables, gt, scenario)
-            result = psds_from_deltas(deltas, gt, dur, scenario)
+            deltas = psds_deltas(tables, gt, dur, scenario, trees)
+            result = psds_from_deltas(deltas)
         with stopwatch(timings, f"{name}_bootstrap"):
-            samples = bootstrap_psds(deltas, gt, dur, scenario, boot["n"], boot["seed"])
+            samples = bootstrap_psds(deltas, boot["n"], boot["seed"])
         with stopwatch(timings, f"{name}_psds_eval"):
             cross_check = psds_eval_value(detections, gt, dur, scenario)
         entry[name] = {

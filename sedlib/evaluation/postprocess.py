@@ -70,11 +70,15 @@ def median_filter_scores(scores: np.ndarray, windows: Sequence[int]) -> np.ndarr
 
 
 def postprocess_table(table: pd.DataFrame, windows: Sequence[int]) -> pd.DataFrame:
-    """Copy of a score table with each class column median-filtered (``windows`` in frames, per class)."""
+    """Copy of a score table with each class column median-filtered (``windows`` in frames, per class).
+
+    Built as one float64 block (assigning the class columns would split it into one block per column, which
+    makes every later ``to_numpy`` interleave them).
+    """
     classes = table_classes(table)
-    out = table.copy()
-    out[classes] = median_filter_scores(table[classes].to_numpy(), windows)
-    return out
+    values = table.to_numpy(dtype=np.float64, copy=True)
+    values[:, 2:] = median_filter_scores(values[:, 2:], windows)
+    return pd.DataFrame(values, index=table.index, columns=table.columns)
 
 
 def postprocess_tables(tables: Mapping[str, pd.DataFrame], windows: Sequence[int]) -> dict[str, pd.DataFrame]:
