@@ -95,7 +95,8 @@ def test_crnn_shapes_and_key_names(config):
                 "rnn.rnn.weight_hh_l1_reverse", "cat_tf.weight", "dense.bias", "dense_softmax.weight",
                 "atst_frame.atst.pos_embed", "atst_frame.atst.blocks.1.mlp.fc1.weight"):
         assert key in keys, key
-    assert model.cat_tf.in_features == 32 + 64 and model.cat_tf.out_features == 32  # cnn_out + D -> cnn_out
+    cnn_out, embed = config["model"]["crnn"]["filters"][-1], config["model"]["backbone"]["embed_dim"]
+    assert model.cat_tf.in_features == cnn_out + embed and model.cat_tf.out_features == cnn_out  # cnn_out + D -> cnn_out
 
 
 def test_embeddings_path_equals_backbone_path_and_weak_pooling():
