@@ -32,7 +32,7 @@ from sedlib.evaluation.postprocess import (
 )
 from sedlib.evaluation.scoring import clip_id, load_predictor, load_wave, predict_logits
 from sedlib.io import atomic_path
-from sedlib.pseudo.predict import resolve_device
+from sedlib.devices import resolve_device
 
 log = logging.getLogger(__name__)
 

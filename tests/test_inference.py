@@ -14,7 +14,7 @@ from sedlib.data.labels import n_output_frames
 from sedlib.evaluation.postprocess import read_score_dir
 from sedlib.evaluation.scoring import load_predictor
 from sedlib.inference import median_windows, read_thresholds
-from sedlib.pseudo.predict import resolve_device
+from sedlib.devices import resolve_device
 
 RECORDINGS = {"speech_en": 10.0, "speech_zh": 4.2, "speech_long_44k_stereo": 14.7}
 

@@ -18,7 +18,7 @@ from sedlib.cli import main
 from sedlib.data.labels import n_output_frames
 from sedlib.evaluation.postprocess import read_score_dir
 from sedlib.evaluation.scoring import load_predictor, load_wave, score_ensemble
-from sedlib.pseudo.predict import resolve_device
+from sedlib.devices import resolve_device
 from sedlib.models.windowing import predict_clip
 from sedlib.pseudo.store import read_logits, write_logits
 

@@ -32,7 +32,7 @@ from sedlib.io import sha256_file
 from sedlib.models.checkpoint import load_sed_model
 from sedlib.models.windowing import predict_clip
 from sedlib.pseudo.ensemble import average_files
-from sedlib.pseudo.predict import resolve_device
+from sedlib.devices import resolve_device
 from sedlib.pseudo.store import read_logits, write_logits
 
 log = logging.getLogger(__name__)

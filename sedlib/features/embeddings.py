@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sedlib.devices import resolve_device
 from sedlib.features.cache import INDEX_FILE, FeatureCache, open_feature_cache
 from sedlib.features.frontends import ATSTFrontend
 from sedlib.io import atomic_path, sha256_file, write_json
@@ -53,7 +54,7 @@ def embed_cache(
     out: np.ndarray,
     clip_frames: int,
     batch_size: int = 32,
-    device: str = "cpu",
+    device: torch.device | str = "cpu",
 ) -> None:
     """Fill ``out`` (N, D, T_max' // patch_frames) with the frame embeddings of every cached clip."""
     backbone = backbone.to(device).eval()
@@ -71,7 +72,7 @@ def embed_cache(
 
 def build_embedding_cache(
     features_dir: Path, backbone_path: Path, out_path: Path, atst_cfg: dict, clip_seconds: float,
-    batch_size: int = 32, device: str = "cpu",
+    batch_size: int = 32, device: torch.device | str = "cpu",
 ) -> dict:
     """Write ``out_path`` (.npy) and its ``.json`` sidecar for the feature cache in ``features_dir``."""
     cache = open_feature_cache(features_dir)
@@ -115,12 +116,6 @@ def open_embeddings(path: str | Path) -> tuple[np.ndarray, dict]:
     if list(array.shape) != meta["shape"]:
         raise ValueError(f"{path}: shape {array.shape} differs from its sidecar {meta_path} ({meta['shape']})")
     return array, meta
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def configure_cache_embeddings(parser: argparse.ArgumentParser):

@@ -23,7 +23,7 @@ from torch import nn
 
 from sedlib.data.metadata import parse_weak
 from sedlib.features.cache import FeatureCache, open_feature_cache
-from sedlib.features.embeddings import resolve_device
+from sedlib.devices import resolve_device
 from sedlib.features.frontends import ATSTFrontend
 from sedlib.models.atst_frame import ATSTFrame
 from sedlib.models.checkpoint import save_backbone
@@ -93,7 +93,7 @@ class TaggingData:
 
 
 @torch.inference_mode()
-def evaluate(model: ClipTagger, data: TaggingData, rows: np.ndarray, batch_size: int, device: str) -> float:
+def evaluate(model: ClipTagger, data: TaggingData, rows: np.ndarray, batch_size: int, device: torch.device | str) -> float:
     model.eval()
     scores = [torch.sigmoid(model(data.batch(rows[i : i + batch_size], None)[0].to(device))).cpu()
               for i in range(0, len(rows), batch_size)]
@@ -102,7 +102,7 @@ def evaluate(model: ClipTagger, data: TaggingData, rows: np.ndarray, batch_size:
 
 def pretrain_backbone(
     features_dir: Path, metadata: Path, out: Path, backbone_cfg: dict, atst_cfg: dict, clip_seconds: float, seed: int,
-    val_fraction: float = 0.2, device: str = "cpu",
+    val_fraction: float = 0.2, device: torch.device | str = "cpu",
 ) -> dict:
     """Train the backbone of ``backbone_cfg`` sizes with ``backbone_cfg["pretrain"]``; write our backbone file."""
     started = time.perf_counter()

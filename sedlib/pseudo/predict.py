@@ -34,6 +34,7 @@ from sedlib.features.frontends import Frontends, build_frontends, frames_per_cli
 from sedlib.io import sha256_file
 from sedlib.models.checkpoint import load_sed_model
 from sedlib.models.crnn import CRNN
+from sedlib.devices import resolve_device
 from sedlib.pseudo.store import write_logits
 
 log = logging.getLogger(__name__)
@@ -110,13 +111,6 @@ def predict_logits(
     mean = total[:, :, :out_width] / np.maximum(count[:, :, :out_width], 1.0)
     valid = np.arange(out_width) < np.asarray(n_frames)[:, None, None]
     return np.where(valid, mean, 0.0).astype(np.float32)
-
-
-def resolve_device(accelerator: str) -> torch.device:
-    """torch device of a Lightning-style accelerator name: auto (cuda when available), cpu, gpu | cuda[:i]."""
-    if accelerator == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device("cuda" if accelerator == "gpu" else accelerator)
 
 
 def predict_split(
