@@ -2,6 +2,10 @@
 
 import argparse
 import json
+import os
+import pickle
+import sys
+import types
 
 import pytest
 import torch
@@ -17,6 +21,7 @@ from sedlib.models.checkpoint import (
     load_backbone_weights,
     load_sed_model,
     load_state_dict_strict,
+    read_checkpoint,
     save_backbone,
     save_sed_model,
 )
@@ -188,3 +193,83 @@ def test_fetch_backbone_command(config, tmp_path, capsys):
     assert cli_main(["fetch-backbone", "--out", str(tmp_path / "other.pt"), "--config-json", cfg]) == 2
     assert "atst_frame.ckpt: sha256 is" in capsys.readouterr().err
     assert not (tmp_path / "other.pt").exists()
+
+
+class _Payload:
+    """Unpickling it would run a shell command that creates the file ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_checkpoint_with_code_is_refused_and_never_run(config, tmp_path, capsys, writer):
+    marker = tmp_path / "payload_ran"
+    evil = tmp_path / "evil.pt"
+    payload = {"state_dict": {}, "hyper_parameters": _Payload(marker)}
+    if writer == "torch.save":
+        torch.save(payload, evil)
+    else:
+        evil.write_bytes(pickle.dumps(payload, protocol=2))
+    with pytest.raises(ValueError, match="evil.pt: refused: .*system"):
+        read_checkpoint(evil)
+    backbone_cfg = dict(config["model"]["backbone"], source="checkpoint", checkpoint={"path": str(evil)})
+    fetch = json.dumps({"backbone": backbone_cfg, "atst_frontend": config["frontends"]["atst"]})
+    commands = {
+        "infer": ["infer", str(tmp_path / "a.wav"), "--checkpoint", str(evil), "--out", str(tmp_path / "e.tsv")],
+        "fetch-backbone": ["fetch-backbone", "--out", str(tmp_path / "b.pt"), "--config-json", fetch],
+    }
+    for argv in commands.values():
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"{evil}: refused" in err, err
+    assert not marker.exists(), "the pickled command ran"
+
+
+def _truncated(path):
+    torch.save({"w": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:600])
+
+
+BAD_FILES = {
+    "empty": lambda p: p.write_bytes(b""),
+    "text": lambda p: p.write_text("this is not a checkpoint\n"),
+    "random": lambda p: p.write_bytes(bytes(range(256)) * 4),
+    "truncated": _truncated,
+    "not a dict": lambda p: torch.save([torch.zeros(1)], p),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_unreadable_checkpoint_is_one_line_naming_the_file(tmp_path, kind):
+    path = tmp_path / f"{kind.replace(' ', '_')}.pt"
+    BAD_FILES[kind](path)
+    with pytest.raises(ValueError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a readable checkpoint") and "\n" not in message
+    with pytest.raises(FileNotFoundError, match="missing.pt: checkpoint file does not exist"):
+        read_checkpoint(tmp_path / "missing.pt")
+
+
+def test_old_lightning_objects_load_as_inert_stand_ins(tmp_path, monkeypatch):
+    """PyTorch-Lightning 1.x files name AttributeDict and callback classes (as dict keys): those load, inertly."""
+    parsing = types.ModuleType("pytorch_lightning.utilities.parsing")
+    callbacks = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
+    parsing.AttributeDict = type("AttributeDict", (dict,), {"__module__": parsing.__name__})
+    callbacks.ModelCheckpoint = type("ModelCheckpoint", (), {"__module__": callbacks.__name__})
+    packages = [types.ModuleType(name) for name in
+                ("pytorch_lightning", "pytorch_lightning.utilities", "pytorch_lightning.callbacks")]
+    for module in (*packages, parsing, callbacks):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    path = tmp_path / "pl1.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": parsing.AttributeDict(lr=0.1),
+                "callbacks": {callbacks.ModelCheckpoint: {"best_model_score": torch.tensor(0.5)}}}, path)
+    for module in (*packages, parsing, callbacks):
+        monkeypatch.delitem(sys.modules, module.__name__)
+    loaded = read_checkpoint(path)
+    assert loaded["hyper_parameters"] == {"lr": 0.1} and torch.equal(loaded["state_dict"]["w"], torch.ones(2))
+    assert [type(k).__name__ for k in loaded["callbacks"]] == ["type"]

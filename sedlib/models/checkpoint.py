@@ -17,10 +17,11 @@ Model file (``sedlib.sed_model/1``): see docs/architecture.md "Model file".
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import math
-import pickle
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,19 +43,53 @@ THOP_KEYS = ("total_ops", "total_params")
 SED_BACKBONE_PREFIX = "atst_frame.atst."
 
 
+class _LightningCallbackKey:
+    """Inert stand-in for a Lightning callback class that old checkpoints use as a ``callbacks`` dict key."""
+
+
+# The only non-tensor globals a checkpoint may name: published (PyTorch-)Lightning checkpoints carry these
+# (ATST's hyper-parameters are an argparse.Namespace). Lightning's classes map to inert stand-ins (its
+# AttributeDict, a dict subclass, to an OrderedDict), so no Lightning code runs and nothing else is imported.
+LIGHTNING_GLOBALS = [
+    argparse.Namespace,
+    (collections.OrderedDict, "pytorch_lightning.utilities.parsing.AttributeDict"),
+    (collections.OrderedDict, "lightning.fabric.utilities.data.AttributeDict"),
+    (collections.OrderedDict, "lightning_fabric.utilities.data.AttributeDict"),
+    (_LightningCallbackKey, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
+    (_LightningCallbackKey, "pytorch_lightning.callbacks.early_stopping.EarlyStopping"),
+]
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """``torch.load`` on CPU; tensors-only unpickling first, full unpickling for Lightning files with objects."""
+    """The dict of a ``.pt`` / ``.ckpt`` file, loaded on CPU by tensors-only unpickling (never arbitrary objects).
+
+    Only tensors, plain containers and numbers, and the LIGHTNING_GLOBALS stand-ins are accepted (see
+    docs/data.md "Security and trust"). A missing file raises FileNotFoundError; a file naming any other
+    Python object, or that is not a readable checkpoint at all, raises a one-line ValueError naming it.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"{path}: checkpoint file does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Lightning checkpoints can pickle hyper-parameter objects; the file is checksum-verified or ours.
-        data = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(LIGHTNING_GLOBALS):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch reports damaged files as EOFError, KeyError, RuntimeError, UnpicklingError...
+        raise ValueError(f"{path}: {_load_failure(exc)}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(data).__name__}")
+        raise ValueError(f"{path}: not a readable checkpoint (expected a dict, got {type(data).__name__})")
     return data
+
+
+def _load_failure(exc: Exception) -> str:
+    """One line saying why torch.load refused or could not read a file."""
+    text = str(exc)
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    if refused:
+        return (f"refused: the checkpoint names the Python object {refused.group(1)}; only tensors and plain "
+                "data are loaded from checkpoints (docs/data.md, 'Security and trust')")
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)\n", text)
+    reason = detail.group(1) if detail else (text.strip().splitlines() or [""])[0][:120]
+    return f"not a readable checkpoint ({type(exc).__name__}: {reason or 'no data'})"
 
 
 def _is_thop(key: str) -> bool:

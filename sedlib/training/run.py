@@ -44,7 +44,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from sedlib.io import sha256_file, sha256_json, write_json, write_text
 from sedlib.models import build_sed_model
-from sedlib.models.checkpoint import load_sed_model, save_sed_model
+from sedlib.models.checkpoint import load_sed_model, read_checkpoint, save_sed_model
 from sedlib.training.data import TrainingData, input_files, split_inputs
 from sedlib.training.stage1 import Stage1Module
 from sedlib.training.stage2 import Stage2Module
@@ -80,7 +80,7 @@ class LastCheckpoint(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)
+        trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
 
@@ -229,7 +229,7 @@ def train(
     )
     log.info("stage %d, member %s (seed %d): %d batches per epoch, %d epochs, distillation %s, resume from %s",
              stage, config["member"]["name"], seed, data.epoch_batches(), hp["epochs"], distil, resume)  # fmt: skip
-    trainer.fit(module, datamodule=data, ckpt_path=resume)
+    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)  # resume: tensors-only unpickling
     if not trainer.is_global_zero:
         return {}
     provenance = export(module, best, out_dir, config, inputs, iteration, epoch_log, run_fingerprint)
@@ -245,10 +245,10 @@ def export(module, best: ModelCheckpoint, out_dir: Path, config: dict, inputs: d
     callbacks, so the export is the same whichever process trained (e.g. Lightning's ddp_spawn).
     """
     last_path = out_dir / "checkpoints" / LAST
-    last = torch.load(last_path, map_location="cpu", weights_only=False)
+    last = read_checkpoint(last_path)
     selection = last["callbacks"][best.state_key]
     source = Path(selection["best_model_path"]) if selection["best_model_path"] else last_path
-    checkpoint = last if source == last_path else torch.load(source, map_location="cpu", weights_only=False)
+    checkpoint = last if source == last_path else read_checkpoint(source)
     module.load_state_dict(checkpoint["state_dict"])
     score = selection["best_model_score"]
     init = inputs.get("backbone") or inputs.get("init_model")
