@@ -106,3 +106,51 @@ def test_resample_command(real_split, tmp_path):
             str(tmp_path / "o.tsv"), "--sample-rate", "16000", "--threads", "1"]
     assert cli_main(argv) == 0
     assert read_durations(tmp_path / "o.tsv") == {"speech_long.wav": 235263 / 16000}
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_are_an_error_naming_file_and_time(tmp_path, bad):
+    src = tmp_path / "audio"
+    src.mkdir()
+    wave = np.zeros(16000, dtype=np.float32)
+    wave[8000] = bad
+    sf.write(src / "nan.wav", wave, TARGET, subtype="FLOAT")
+    with pytest.raises(ValueError, match=r"nan\.wav: 1 non-finite samples .* first at 0\.500 s"):
+        resample_folder(src, tmp_path / "out", tmp_path / "d.tsv", TARGET)
+    assert not (tmp_path / "d.tsv").exists()
+
+
+def test_beyond_full_scale_is_clipped_with_a_warning(tmp_path, caplog):
+    src = tmp_path / "audio"
+    src.mkdir()
+    wave = np.full(16000, 0.5, dtype=np.float32)
+    wave[:3] = [1.5, -2.0, 1.01]
+    sf.write(src / "loud.wav", wave, TARGET, subtype="FLOAT")
+    resample_folder(src, tmp_path / "out", tmp_path / "d.tsv", TARGET)
+    assert "loud.wav: 3 samples beyond full scale" in caplog.text
+    out, _ = sf.read(tmp_path / "out" / "loud.wav", dtype="float32")
+    assert out[0] == pytest.approx(1.0, abs=1e-4) and out[1] == -1.0
+
+
+def test_truncated_wav_data_chunk_warns(tmp_path, caplog):
+    src = tmp_path / "audio"
+    src.mkdir()
+    sf.write(src / "cut.wav", np.zeros(16000, dtype=np.float32), TARGET, subtype="PCM_16")
+    full = (src / "cut.wav").read_bytes()
+    (src / "cut.wav").write_bytes(full[: len(full) - 1000])
+    durations = resample_folder(src, tmp_path / "out", tmp_path / "d.tsv", TARGET)
+    assert "cut.wav: the WAV data chunk is 1000 bytes shorter than its header declares" in caplog.text
+    assert durations == {"cut.wav": 15500 / TARGET}
+
+
+@pytest.mark.parametrize("case", ["missing", "nan"])
+def test_infer_names_missing_and_non_finite_files(tmp_path, random_model_file, capsys, case):
+    path = tmp_path / f"{case}.wav"
+    if case == "nan":
+        sf.write(path, np.full(16000, np.nan, dtype=np.float32), TARGET, subtype="FLOAT")
+    argv = ["infer", str(path), "--checkpoint", str(random_model_file), "--out", str(tmp_path / "e.tsv")]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    expected = "missing.wav: audio file does not exist" if case == "missing" else "nan.wav: 16000 non-finite samples"
+    assert expected in err and "System error" not in err
+    assert not (tmp_path / "e.tsv").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import struct
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -36,14 +37,54 @@ def list_audio(folder: str | Path) -> list[Path]:
 
 
 def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
-    """(samples,) float32 channel mean of an audio file and its rate (Hz); unreadable or empty -> ValueError."""
+    """(samples,) float32 channel mean of an audio file and its rate (Hz).
+
+    Missing file -> FileNotFoundError; unreadable, empty or non-finite (NaN / inf) audio -> ValueError naming the
+    file (and the first bad sample's time). Samples beyond full scale (float files) are clipped to [-1, 1] and a
+    WAV whose data chunk is shorter than its header declares is read as far as it goes, each with a warning.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: audio file does not exist")
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise ValueError(f"{path}: unreadable audio file ({exc})") from exc
     if data.shape[0] == 0:
         raise ValueError(f"{path}: audio file has no samples")
+    bad = ~np.isfinite(data)
+    if bad.any():
+        first = int(np.argmax(bad.any(axis=1)))
+        raise ValueError(
+            f"{path}: {int(bad.sum())} non-finite samples (NaN or inf), the first at {first / rate:.3f} s "
+            f"(frame {first})"
+        )
+    over = int(np.count_nonzero(np.abs(data) > 1.0))
+    if over:
+        log.warning("%s: %d samples beyond full scale (|x| > 1) clipped to [-1, 1]", path, over)
+        np.clip(data, -1.0, 1.0, out=data)
+    missing = wav_missing_bytes(path)
+    if missing:
+        log.warning("%s: the WAV data chunk is %d bytes shorter than its header declares (truncated file?); "
+                    "read the %d frames present", path, missing, data.shape[0])
     return data.mean(axis=1), int(rate)
+
+
+def wav_missing_bytes(path: str | Path) -> int:
+    """Bytes the ``data`` chunk of a RIFF/WAVE file declares beyond the end of the file (0 for other files)."""
+    size = Path(path).stat().st_size
+    with open(path, "rb") as handle:
+        header = handle.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:] != b"WAVE":
+            return 0
+        position = 12
+        while position + 8 <= size:
+            handle.seek(position)
+            chunk, length = struct.unpack("<4sI", handle.read(8))
+            if chunk == b"data":
+                # 0 and 0xFFFFFFFF mean "unknown" (streamed writers): nothing is declared.
+                return 0 if length in (0, 0xFFFFFFFF) else max(0, position + 8 + length - size)
+            position += 8 + length + (length & 1)
+    return 0
 
 
 def resample_mono(wave: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
