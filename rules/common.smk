@@ -5,13 +5,11 @@ import json
 import os
 import posixpath
 
-from snakemake.utils import validate
-
 from sedlib.config import split_ref, splits_with_role, validate_config
 
-# Validated at DAG build time; validate() fills the schema's defaults into `config`.
-validate(config, schema="../sedlib/schemas/config.schema.yaml")
-validate_config(config, source="workflow configuration")  # cross-field checks (same schema + semantics)
+# Validated at DAG build time against sedlib/schemas/config.schema.yaml, defaults filled into `config`, plus the
+# cross-field checks. (Not snakemake.utils.validate: its errors print the whole schema.)
+validate_config(config, source="workflow configuration")
 
 # Every job runs `python -m sedlib ...` with the workflow folder on PYTHONPATH, so the package imports the same
 # way in the project venv, in the --sdm conda environment and in a copy of the workflow.

@@ -7,6 +7,7 @@ by :func:`load_config` for library and CLI use, so both see identical, default-f
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -42,14 +43,46 @@ def _validator_with_defaults():
 
 
 def validate_config(config: dict, source: str = "config") -> dict:
-    """Validate ``config`` in place against the schema, fill defaults, run cross-field checks; return it."""
+    """Validate ``config`` in place against the schema, fill defaults, run cross-field checks; return it.
+
+    Every object of the schema rejects unknown keys; the error names the key, where it is and the closest
+    valid key.
+    """
     validator = _validator_with_defaults()(schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"{source}: field '{'.'.join(map(str, e.absolute_path)) or '<root>'}': {e.message}" for e in errors]
+        lines = [line for e in errors for line in _error_lines(e, source)]
         raise ConfigError("invalid configuration\n  " + "\n  ".join(lines))
     _check_cross_fields(config, source)
     return config
+
+
+def _error_lines(error: jsonschema.ValidationError, source: str) -> list[str]:
+    """One short line per problem of a schema error (never the schema itself)."""
+    where = ".".join(map(str, error.absolute_path))
+    if error.validator not in ("additionalProperties", "unevaluatedProperties") or not isinstance(error.instance, dict):
+        return [f"{source}: field '{where or '<root>'}': {error.message}"]
+    valid = _property_names(error.schema)
+    lines = []
+    for key in (k for k in error.instance if k not in valid):
+        close = difflib.get_close_matches(str(key), valid, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"expected one of {', '.join(sorted(valid))}"
+        lines.append(f"{source}: unknown key '{key}' in {f'{where!r}' if where else 'the top level'}; {hint}")
+    return lines
+
+
+def _property_names(subschema: dict) -> list[str]:
+    """Keys a schema object declares: its ``properties`` and those of its ``allOf`` parts and local ``$ref``s."""
+    names = list(subschema.get("properties", {}))
+    parts = list(subschema.get("allOf", []))
+    if "$ref" in subschema:
+        node: Any = schema()
+        for step in subschema["$ref"].lstrip("#/").split("/"):
+            node = node[step]
+        parts.append(node)
+    for part in parts:
+        names += [n for n in _property_names(part) if n not in names]
+    return names
 
 
 def load_config(path: str | Path) -> dict:

@@ -32,6 +32,7 @@ from sedlib.evaluation.postprocess import (
 )
 from sedlib.evaluation.scoring import clip_id, load_predictor, load_wave, predict_logits
 from sedlib.io import atomic_path
+from sedlib.options import POSITIVE, POSITIVE_INT, PROBABILITY
 from sedlib.devices import resolve_device
 
 log = logging.getLogger(__name__)
@@ -123,12 +124,12 @@ def configure_infer(parser: argparse.ArgumentParser):
     parser.add_argument("--which", choices=("teacher", "student"), default="teacher")
     parser.add_argument("--config", help="workflow config YAML describing an ATST-SED checkpoint (model, frontends, classes)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--threshold", type=float, default=0.5, help="decision threshold for every class")
+    group.add_argument("--threshold", type=PROBABILITY, default=0.5, help="decision threshold for every class")
     group.add_argument("--thresholds", help="per-class thresholds: JSON {class: value} or TSV event_label/threshold")
-    parser.add_argument("--median-window", type=int, nargs="+",
+    parser.add_argument("--median-window", type=POSITIVE_INT, nargs="+",
                         help=f"frames (64 ms): one value or one per class (default {DEFAULT_MEDIAN_WINDOW})")
-    parser.add_argument("--window-seconds", type=float, default=10.0, help="model window (s)")
-    parser.add_argument("--hop-seconds", type=float, default=5.0, help="window hop for long audio (s)")
+    parser.add_argument("--window-seconds", type=POSITIVE, default=10.0, help="model window (s)")
+    parser.add_argument("--hop-seconds", type=POSITIVE, default=5.0, help="window hop for long audio (s)")
     parser.add_argument("--out", required=True, help="event table to write (TSV)")
     parser.add_argument("--scores-dir", help="also write raw score tables (sed_scores_eval format) here")
     parser.add_argument("--plot", help="also write an activity PNG per file into this folder")

@@ -164,9 +164,51 @@ def test_clip_set_mismatch_is_an_error_for_scored_splits(tmp_path):
 def test_clip_set_mismatch_is_dropped_with_warnings_for_training_splits(tmp_path):
     path = write(tmp_path / "m.tsv", STRONG_HEADER + "a.wav\t0.0\t1.0\tCat\nb.wav\t0.0\t1.0\tDog\n")
     durations = durations_file(tmp_path / "d.tsv", {"a.wav": 10.0, "c.wav": 10.0})
-    result = validate_metadata(path, "strong", CLASSES, measured_durations=durations, scored=False)
+    result = validate_metadata(path, "strong", CLASSES, measured_durations=durations, max_unmatched_fraction=0.7)
     assert result.table["filename"].tolist() == ["a.wav"] and result.n_clips == 1
     assert sum("left out of the validated metadata" in w for w in result.warnings) == 2
+
+
+WEAK_ROWS = "".join(f"clip{i}.wav\tDog\n" for i in range(40))
+AUDIO = {f"clip{i}.wav": 10.0 for i in range(40)}
+
+
+@pytest.mark.parametrize(
+    "body, audio, message",
+    [
+        ("", AUDIO, "w.tsv: no data rows after the header"),
+        (WEAK_ROWS.replace(".wav", ""), AUDIO,
+         r"w.tsv: no labelled clip has audio.* 40 labelled clips have no audio: clip0, clip1, .*\(\+35 more\)"),
+        (WEAK_ROWS.replace(".wav", ".flac"), {f"clip{i}.mp3.wav": 10.0 for i in range(40)},
+         "no labelled clip has audio"),
+        (WEAK_ROWS, {**{f"clip{i}.wav": 10.0 for i in range(37)}, "other.wav": 10.0},
+         r"4 of 41 clips \(9.8%\) lack labels or audio, more than max_unmatched_fraction 5.0%.*"
+         r"3 labelled clips have no audio: clip37.wav, clip38.wav, clip39.wav; 1 clips with audio .*: other.wav"),
+    ],
+    ids=["header only", "names without extension", "no matching stem", "more than 5 percent lost"],
+)
+def test_training_split_losing_its_clips_is_an_error(tmp_path, body, audio, message):
+    path = write(tmp_path / "w.tsv", WEAK_HEADER + body)
+    durations = durations_file(tmp_path / "d.tsv", audio)
+    with pytest.raises(ValueError, match=message):
+        validate_metadata(path, "weak", CLASSES, measured_durations=durations)
+
+
+def test_a_few_lost_clips_warn_and_extensions_changed_by_resampling_match_by_stem(tmp_path):
+    path = write(tmp_path / "w.tsv", WEAK_HEADER + WEAK_ROWS.replace("clip0.wav", "clip0.flac"))
+    durations = durations_file(tmp_path / "d.tsv", {k: v for k, v in AUDIO.items() if k != "clip39.wav"})
+    result = validate_metadata(path, "weak", CLASSES, measured_durations=durations)
+    assert result.table["filename"].tolist() == [f"clip{i}.wav" for i in range(39)]
+    assert any("1 filenames matched their resampled audio by stem: clip0.flac -> clip0.wav" in w
+               for w in result.warnings)
+    assert any("1 labelled clips have no audio: clip39.wav" in w for w in result.warnings)
+
+
+def test_metadata_that_is_not_utf8_names_the_file_and_line(tmp_path, capsys):
+    path = tmp_path / "latin1.tsv"
+    path.write_bytes((WEAK_HEADER + "a.wav\tDog\ncaf\u00e9.wav\tCat\n").encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.tsv:3: not UTF-8 text \(byte 0xe9"):
+        read_weak(path)
 
 
 def test_provided_durations_are_compared_with_the_audio(tmp_path):

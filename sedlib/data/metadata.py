@@ -9,9 +9,11 @@ Formats (tab-separated, one header line, times and durations in seconds):
 
 Validation policy (documented in docs/data.md): format errors, unknown labels, bad times and contradictions
 are errors; harmless redundancy is dropped with a warning; events may end up to ``END_WARN_S`` past the
-clip end with a warning (real DESED annotations do); clip-set mismatches between labels and audio are
-errors for scored splits (roles ``validation`` and ``test``) and warnings for training splits, whose
-validated copy keeps only clips that have both labels and audio.
+clip end with a warning (real DESED annotations do). A metadata filename names its audio exactly, or by
+stem when only the extension changed by resampling (``x.flac`` -> ``x.wav``). Clip-set mismatches between
+labels and audio are errors for scored splits (roles ``validation`` and ``test``); a training split's
+validated copy keeps only clips that have both, with a warning, unless that loses every clip or more than
+``max_unmatched_fraction`` of them (an error).
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ import argparse
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from sedlib.data.audio_names import is_audio_name, resampled_name
 from sedlib.io import atomic_path
+from sedlib.options import FRACTION, SEED
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ END_SILENT_S = 0.01  # s: overrun past the clip end accepted silently (times are
 END_WARN_S = 0.2  # s: overrun accepted with a warning; beyond it the event is an error
 PROVIDED_DURATION_TOLERANCE_S = 0.1  # s: provided vs measured duration difference reported as a warning
 MAX_LISTED = 5  # examples quoted in one warning or error message
+MAX_UNMATCHED_FRACTION = 0.05  # default share of a training split's clips that may lack labels or audio
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -62,7 +67,14 @@ def _read_rows(path: str | Path, columns: tuple[str, ...]) -> list[tuple[int, li
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: metadata file not found")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    raw = path.read_bytes()
+    try:
+        lines = raw.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save the file as UTF-8"
+        ) from None
     expected = "\t".join(columns)
     if not lines or lines[0].strip() != expected:
         got = repr(lines[0]) if lines else "an empty file"
@@ -234,6 +246,7 @@ def validate_metadata(
     measured_durations: str | Path | None = None,
     provided_durations: str | Path | None = None,
     scored: bool = False,
+    max_unmatched_fraction: float = MAX_UNMATCHED_FRACTION,
 ) -> ValidatedMetadata:
     """Check a split's metadata against its classes and audio; return the validated table.
 
@@ -241,7 +254,9 @@ def validate_metadata(
     ``resample`` (the audio actually present, exact lengths). provided_durations: the split's own durations
     file, if any. The clip set and the clip lengths come from the measured file when given, else from the
     provided one; with neither, only the metadata itself is checked. scored: the split is scored
-    (validation/test role), so labels and audio must cover exactly the same clips.
+    (validation/test role), so labels and audio must cover exactly the same clips. max_unmatched_fraction: the
+    share of a training split's clips (labelled or with audio) that may lack the other before it is an error.
+    The validated table names clips by their audio file.
     """
     metadata = Path(metadata)
     if labels not in ("strong", "weak"):
@@ -255,31 +270,27 @@ def validate_metadata(
     known = set(classes)
 
     if labels == "strong":
-        rows = parse_strong(metadata)
-        rows = _check_strong_rows(metadata, rows, known, warnings)
-        if durations is not None:
-            _check_event_ends(metadata, rows, durations, warnings)
-        clips = list(dict.fromkeys(r.filename for r in rows))
+        rows = _check_strong_rows(metadata, parse_strong(metadata), known, warnings)
     else:
-        weak_rows = _check_weak_rows(metadata, parse_weak(metadata), known, warnings)
-        clips = [r.filename for r in weak_rows]
-
+        rows = _check_weak_rows(metadata, parse_weak(metadata), known, warnings)
+    if not rows:
+        raise ValueError(f"{metadata}: no data rows after the header; a labelled split needs at least one clip")
     if durations is not None:
-        keep = _check_clip_sets(metadata, clips, durations, scored, warnings)
+        clips = list(dict.fromkeys(r.filename for r in rows))
+        audio_names = _match_clips(metadata, clips, durations, scored, max_unmatched_fraction, warnings)
+        rows = [replace(r, filename=audio_names[r.filename]) for r in rows if r.filename in audio_names]
         if labels == "strong":
-            rows = [r for r in rows if r.filename in keep]
-        else:
-            weak_rows = [r for r in weak_rows if r.filename in keep]
-        clips = [c for c in clips if c in keep]
+            _check_event_ends(metadata, rows, durations, warnings)
 
+    n_clips = len({r.filename for r in rows})
     if labels == "strong":
         table = _strong_table(rows)
         names = [r.label for r in rows if r.label is not None]
     else:
-        table = _weak_table(weak_rows)
-        names = [name for r in weak_rows for name in r.labels]
+        table = _weak_table(rows)
+        names = [name for r in rows for name in r.labels]
     counts = {c: names.count(c) for c in classes}
-    return ValidatedMetadata(table, labels, len(clips), len(names), counts, warnings)
+    return ValidatedMetadata(table, labels, n_clips, len(names), counts, warnings)
 
 
 def _check_strong_rows(path: Path, rows: list[StrongRow], known: set[str], warnings: list[str]) -> list[StrongRow]:
@@ -361,12 +372,27 @@ def _check_event_ends(path: Path, rows: list[StrongRow], durations: dict[str, fl
         )
 
 
-def _check_clip_sets(
-    path: Path, clips: list[str], durations: dict[str, float], scored: bool, warnings: list[str]
-) -> set[str]:
-    labelled = set(clips)
-    missing = [c for c in clips if c not in durations]
-    unlabelled = [c for c in durations if c not in labelled]
+def _match_clips(
+    path: Path, clips: list[str], durations: dict[str, float], scored: bool, max_unmatched_fraction: float,
+    warnings: list[str],
+) -> dict[str, str]:
+    """metadata filename -> audio filename of every labelled clip that has audio; mismatches per the policy."""
+    matched: dict[str, str] = {}
+    for clip in clips:
+        if clip in durations:
+            matched[clip] = clip
+        elif is_audio_name(clip) and resampled_name(clip) in durations:
+            matched[clip] = resampled_name(clip)
+    by_audio: dict[str, str] = {}
+    for clip, audio in matched.items():
+        if audio in by_audio:
+            raise ValueError(f"{path}: {by_audio[audio]} and {clip} both name the audio file {audio}")
+        by_audio[audio] = clip
+    renamed = [f"{clip} -> {audio}" for clip, audio in matched.items() if clip != audio]
+    if renamed:
+        warnings.append(f"{path}: {len(renamed)} filenames matched their resampled audio by stem: {_listed(renamed)}")
+    missing = [c for c in clips if c not in matched]
+    unlabelled = [a for a in durations if a not in by_audio]
     problems = []
     if missing:
         problems.append(f"{len(missing)} labelled clips have no audio: {_listed(missing)}")
@@ -374,9 +400,20 @@ def _check_clip_sets(
         problems.append(f"{len(unlabelled)} clips with audio have no label row: {_listed(unlabelled)}")
     if problems and scored:
         raise ValueError(f"{path}: a scored split needs labels for exactly its audio clips; " + "; ".join(problems))
+    hint = ("filenames must equal the audio file names, or differ only in an audio extension changed by "
+            "resampling (x.flac -> x.wav)")
+    if not matched:
+        raise ValueError(f"{path}: no labelled clip has audio, the validated split would be empty ({hint}); "
+                         + "; ".join(problems))
+    n_lost, n_total = len(missing) + len(unlabelled), len(clips) + len(unlabelled)
+    if n_lost > max_unmatched_fraction * n_total:
+        raise ValueError(
+            f"{path}: {n_lost} of {n_total} clips ({n_lost / n_total:.1%}) lack labels or audio, more than "
+            f"max_unmatched_fraction {max_unmatched_fraction:.1%} of the split ({hint}); " + "; ".join(problems)
+        )
     for problem in problems:
         warnings.append(f"{path}: {problem}; left out of the validated metadata")
-    return labelled & set(durations)
+    return matched
 
 
 def _compare_durations(path: Path, provided: dict[str, float], measured: dict[str, float]) -> list[str]:
@@ -404,6 +441,8 @@ def split_weak(table: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.
 
     Rows keep their original order within each part. val_fraction 0 gives an empty val part.
     """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
     n = len(table)
     n_val = int(round(val_fraction * n))
     if val_fraction > 0:
@@ -438,6 +477,7 @@ def configure_validate_metadata(parser: argparse.ArgumentParser):
             measured_durations=args.durations,
             provided_durations=args.provided_durations or None,
             scored=split["role"] in SCORED_ROLES,
+            max_unmatched_fraction=split.get("max_unmatched_fraction", MAX_UNMATCHED_FRACTION),
         )
         for warning in result.warnings:
             log.warning(warning)
@@ -458,8 +498,8 @@ def configure_validate_metadata(parser: argparse.ArgumentParser):
 
 def configure_split_weak(parser: argparse.ArgumentParser):
     parser.add_argument("--metadata", required=True, help="validated weak metadata.tsv")
-    parser.add_argument("--val-fraction", type=float, required=True, help="fraction of clips for validation")
-    parser.add_argument("--seed", type=int, required=True, help="root seed of the configuration")
+    parser.add_argument("--val-fraction", type=FRACTION, required=True, help="fraction of clips for validation")
+    parser.add_argument("--seed", type=SEED, required=True, help="root seed of the configuration")
     parser.add_argument("--train-out", required=True)
     parser.add_argument("--val-out", required=True)
 

@@ -19,12 +19,12 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from sedlib.data.audio_names import AUDIO_SUFFIXES, is_audio_name, resampled_name
 from sedlib.data.metadata import write_durations
 from sedlib.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf")
 SOXR_QUALITY = "HQ"
 
 
@@ -33,7 +33,7 @@ def list_audio(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: audio folder not found")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_audio_name(p.name))
 
 
 def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
@@ -143,7 +143,7 @@ def resample_folder(src_dir: str | Path, out_dir: str | Path, durations_path: st
         raise ValueError(f"{src_dir}: no audio files (expected one of {', '.join(AUDIO_SUFFIXES)})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = [src.stem + ".wav" for src in sources]
+    names = [resampled_name(src.name) for src in sources]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
         raise ValueError(f"{src_dir}: several inputs would be written to the same output name: {clashes[:5]}")
