@@ -31,7 +31,9 @@ rule download:
     params:
         archive=lambda w: as_json(archive_cfg(w.dataset, w.archive)),
         root=lambda w: raw_root(w.dataset),
-    retries: 2  # an interrupted transfer resumes from its .part file
+    # A checksum mismatch is final: no Snakemake retries, even under a profile that sets them. Transfer errors
+    # are retried (resuming the .part file) inside the command.
+    retries: 0
     log:
         log_file("download", "{dataset}", "{archive}"),
     benchmark:

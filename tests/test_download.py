@@ -3,6 +3,8 @@
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
@@ -148,11 +150,54 @@ def test_interrupted_transfer_resumes_with_range(server, tmp_path):
     dest = tmp_path / "big.bin"
     server.cut_after = 300_000
     with pytest.raises(RuntimeError, match=r"transfer interrupted after 300000 bytes.*big\.bin\.part.*resumes"):
-        download_file(server.url("big.bin"), dest, sha256(data), chunk_bytes=65536)
+        download_file(server.url("big.bin"), dest, sha256(data), chunk_bytes=65536, attempts=1)
     assert not dest.exists() and (tmp_path / "big.bin.part").stat().st_size == 300_000
     download_file(server.url("big.bin"), dest, sha256(data), chunk_bytes=65536)
     assert server.range_headers[-1] == "bytes=300000-"
     assert dest.read_bytes() == data and not (tmp_path / "big.bin.part").exists()
+
+
+def test_transfer_errors_are_retried_within_the_call_but_a_checksum_mismatch_is_final(server, tmp_path):
+    data = bytes(range(256)) * 4000
+    server.files["big.bin"] = data
+    server.cut_after = 300_000
+    download_file(server.url("big.bin"), tmp_path / "big.bin", sha256(data), chunk_bytes=65536)
+    assert server.range_headers == [None, "bytes=300000-"] and (tmp_path / "big.bin").read_bytes() == data
+    server.range_headers.clear()
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        download_file(server.url("big.bin"), tmp_path / "other.bin", "sha256:" + "0" * 64)
+    assert server.range_headers == [None], "a checksum mismatch must not be downloaded again"
+
+
+def test_download_rule_is_never_retried_by_snakemake(tmp_path, copy_workflow):
+    """The rule's own `retries: 0` overrides a profile's `retries` (e.g. profiles/slurm): mismatches stay final."""
+    root = copy_workflow(tmp_path / "wf")
+    script = """
+import sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import OutputSettings, Quietness, ResourceSettings
+
+root = Path(sys.argv[1]).resolve()
+with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+    workflow = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=root / "Snakefile", workdir=root)
+    print({rule.name: rule._restart_times for rule in workflow._workflow.rules}["download"])
+"""
+    proc = subprocess.run([sys.executable, "-c", script, str(root)], cwd=root, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "0"
+
+
+@pytest.mark.parametrize("extract_to", ["../../x", "/tmp/x", "sub/../../x"])
+def test_extract_to_outside_the_dataset_root_is_refused(server, tmp_path, extract_to):
+    server.files["a.tgz"] = archive = tar_gz({"f.txt": b"1"})
+    entry = {"name": "a.tgz", "url": server.url("a.tgz"), "checksum": sha256(archive), "extract_to": extract_to}
+    root = tmp_path / "data" / "root"
+    with pytest.raises(ValueError, match=f"archive a.tgz: extract_to '{extract_to}' leads outside the dataset root"):
+        fetch_archive(entry, root, tmp_path / "dl" / "a.tgz.done")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "data" / "x").exists()
+    assert server.range_headers == [], "nothing is downloaded"
 
 
 def test_server_ignoring_range_restarts(server, tmp_path):

@@ -1,7 +1,8 @@
 """Checksum-verified, resumable HTTP(S) downloads and safe archive extraction (``download`` command).
 
-A download is written to ``dest.part``; a later call resumes it with an HTTP Range request (a server that
-ignores Range restarts it from zero). The file is moved to ``dest`` only after its checksum verifies.
+A download is written to ``dest.part``; an interrupted transfer is resumed with an HTTP Range request (a server
+that ignores Range restarts it from zero), within the same call up to ``attempts`` times, then by a later call.
+The file is moved to ``dest`` only after its checksum verifies; a checksum mismatch is final (never retried).
 Archives are extracted into a temporary folder beside the destination and then moved into place, and members
 that would land outside the destination (absolute paths, ``..``, links, devices) are refused.
 """
@@ -30,6 +31,11 @@ log = logging.getLogger(__name__)
 CHECKSUM_PATTERN = re.compile(r"^(md5|sha256):([0-9a-f]+)$")
 DIGEST_LENGTHS = {"md5": 32, "sha256": 64}
 USER_AGENT = "sedlib-download/1"
+ATTEMPTS = 3  # transfers per download_file call (the first + 2 retries of transfer errors)
+
+
+class TransferError(RuntimeError):
+    """A transfer failed in a way worth retrying (connection, interruption, server-side HTTP error)."""
 
 
 def parse_checksum(checksum: str) -> tuple[str, str]:
@@ -50,13 +56,15 @@ def file_digest(path: str | Path, algorithm: str, chunk_bytes: int = 1 << 20) ->
 
 
 def download_file(
-    url: str, dest: str | Path, checksum: str, chunk_bytes: int = 1 << 20, timeout: float = 60.0
+    url: str, dest: str | Path, checksum: str, chunk_bytes: int = 1 << 20, timeout: float = 60.0,
+    attempts: int = ATTEMPTS,
 ) -> Path:
     """Download ``url`` to ``dest`` and verify ``checksum`` ('md5:<hex>' | 'sha256:<hex>'); return ``dest``.
 
     An existing ``dest`` with the right checksum is kept. Bytes go to ``dest.part``; when that exists the
-    transfer resumes with ``Range: bytes=<size>-`` (206 appends, 200 restarts). An interrupted transfer raises
-    RuntimeError and keeps the .part for the next call; a checksum mismatch raises ValueError and deletes it.
+    transfer resumes with ``Range: bytes=<size>-`` (206 appends, 200 restarts). A TransferError is retried (resuming)
+    up to ``attempts`` transfers in all, then raised with the .part kept for the next call; other HTTP errors
+    raise RuntimeError at once; a checksum mismatch raises ValueError and deletes the .part.
     """
     algorithm, expected = parse_checksum(checksum)
     dest = Path(dest)
@@ -68,7 +76,14 @@ def download_file(
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    _fetch_to_part(url, part, chunk_bytes, timeout)
+    for attempt in range(1, attempts + 1):
+        try:
+            _fetch_to_part(url, part, chunk_bytes, timeout)
+            break
+        except TransferError as exc:
+            if attempt == attempts:
+                raise
+            log.warning("%s (transfer %d of %d); retrying", exc, attempt, attempts)
     actual = file_digest(part, algorithm)
     if actual != expected:
         part.unlink()
@@ -93,9 +108,10 @@ def _fetch_to_part(url: str, part: Path, chunk_bytes: int, timeout: float) -> No
         if exc.code == 416 and offset:  # nothing left to send: the .part already holds the whole file
             log.info("%s: server reports %s complete (%d bytes)", url, part, offset)
             return
-        raise RuntimeError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+        error = TransferError if exc.code >= 500 or exc.code in (408, 429) else RuntimeError
+        raise error(f"{url}: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError) as exc:
-        raise RuntimeError(f"{url}: cannot connect: {exc}") from exc
+        raise TransferError(f"{url}: cannot connect: {exc}") from exc
     with response:
         mode = "wb"
         if offset and response.status == 206:
@@ -104,7 +120,7 @@ def _fetch_to_part(url: str, part: Path, chunk_bytes: int, timeout: float) -> No
                 mode = "ab"
                 log.info("%s: resuming at byte %d", url, offset)
             else:
-                raise RuntimeError(f"{url}: asked for bytes from {offset}, server sent a range starting at {start}")
+                raise TransferError(f"{url}: asked for bytes from {offset}, server sent a range starting at {start}")
         elif offset:
             log.info("%s: server ignored the Range request (HTTP %d); restarting from byte 0", url, response.status)
         announced = response.headers.get("Content-Length")
@@ -120,7 +136,7 @@ def _fetch_to_part(url: str, part: Path, chunk_bytes: int, timeout: float) -> No
             problem = f"connection closed {int(announced) - written} bytes before the announced end"
         if problem is not None:
             total = (offset if mode == "ab" else 0) + written
-            raise RuntimeError(
+            raise TransferError(
                 f"{url}: transfer interrupted after {total} bytes ({problem}); "
                 f"the partial download is kept in {part} and the next run resumes it"
             )
@@ -188,6 +204,15 @@ def _extract_tar(path: Path, dest: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- rule-level
+def folder_under(root: str | Path, relative: str, what: str) -> Path:
+    """``root / relative``, which must stay inside ``root`` once resolved (no absolute path, ``..`` or link out)."""
+    root = Path(root)
+    target = root / relative
+    if not target.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"{what} {relative!r} leads outside the dataset root {root}; refused")
+    return target
+
+
 def fetch_archive(archive: dict, root: str | Path, marker: str | Path) -> dict:
     """Download one configured archive next to ``marker``, extract it under ``root``, write ``marker`` last.
 
@@ -195,8 +220,8 @@ def fetch_archive(archive: dict, root: str | Path, marker: str | Path) -> dict:
     as ``<marker folder>/<name>``; the marker JSON lists url, checksum and the extracted files.
     """
     marker = Path(marker)
+    target = folder_under(root, archive.get("extract_to", "."), f"archive {archive['name']}: extract_to")
     dest = download_file(archive["url"], marker.parent / archive["name"], archive["checksum"])
-    target = Path(root) / archive.get("extract_to", ".")
     files = extract_archive(dest, target)
     record = {
         "name": archive["name"],
