@@ -187,7 +187,13 @@ def test_synthesize_command(dataset, tmp_path):
     small["splits"] = {k: v for k, v in dataset["splits"].items() if k in ("weak", "unlabeled")}
     small["synthetic"]["sizes"] = {"weak": 1, "unlabeled": 1}
     argv = ["synthesize", "--config-json", json.dumps({"seed": 3, "dataset": small}), "--root", str(tmp_path / "raw")]
+    killed = tmp_path / ".raw.tmp-k1ll3d"  # what a killed run's atomic_path leaves
+    (killed / "audio").mkdir(parents=True)
+    (killed / "audio" / "half.wav").write_bytes(b"RIFF")
+    (tmp_path / ".raw.tmp-x.wav").write_bytes(b"")
+    (tmp_path / ".other.tmp-keep").mkdir()
     assert cli_main(argv) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-keep", "raw"], "stale temporaries are removed"
     manifest = json.loads((tmp_path / "raw" / "manifest.json").read_text())
     assert [f["path"] for f in manifest["files"]] == [
         "audio/train/weak/weak_00000.wav", "audio/train/unlabeled/unlabeled_00000.wav", "metadata/train/weak.tsv"

@@ -39,7 +39,7 @@ from scipy.signal import butter, lfilter, oaconvolve, sosfilt
 
 from sedlib.data.metadata import DURATION_COLUMNS, STRONG_COLUMNS, WEAK_COLUMNS
 from sedlib.data.resample import to_pcm16
-from sedlib.io import atomic_path, sha256_json, write_json
+from sedlib.io import atomic_path, remove_stale_temporaries, sha256_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -542,6 +542,8 @@ def synthesize_dataset(dataset: dict, seed: int, root: str | Path, threads: int 
               tuple(synth["background_db"]))
     classes = tuple(dataset["classes"])
     started = time.perf_counter()
+    for stale in remove_stale_temporaries(root):
+        log.info("removed %s, left by an interrupted run", stale)
     with atomic_path(root, is_dir=True) as tmp:
         jobs = []
         for split, cfg in dataset["splits"].items():
