@@ -6,6 +6,7 @@ import os
 import posixpath
 
 from sedlib.config import split_ref, splits_with_role, validate_config
+from sedlib.data.manifest import refresh_manifest
 
 # Validated at DAG build time against sedlib/schemas/config.schema.yaml, defaults filled into `config`, plus the
 # cross-field checks. (Not snakemake.utils.validate: its errors print the whole schema.)
@@ -71,6 +72,26 @@ def split_raw_path(dataset, split, key):
     return f"{raw_root(dataset)}/{value}" if value else ""
 
 
+def local_audio_manifest(dataset, split):
+    """[manifest of a local split's audio folder], refreshed now (at DAG build time); [] for other sources.
+
+    An input of `resample`: adding, removing or replacing a local clip re-resamples that split.
+    """
+    if dataset_cfg(dataset)["source"] != "local":
+        return []
+    return [str(refresh_manifest(split_raw_path(dataset, split, "audio"), audio_manifest_file(dataset, split)))]
+
+
+def local_metadata_files(dataset, split):
+    """A local split's metadata and provided durations files; [] for other sources (their raw_ready() covers them).
+
+    Inputs of `validate_metadata`: editing them re-validates the split and re-runs what depends on it.
+    """
+    if dataset_cfg(dataset)["source"] != "local":
+        return []
+    return [path for path in (split_raw_path(dataset, split, key) for key in ("metadata", "durations")) if path]
+
+
 def archive_cfg(dataset, name):
     """The `archives` entry called `name` of a download dataset."""
     for archive in dataset_cfg(dataset).get("archives", []):
@@ -85,6 +106,11 @@ def synthetic_datasets():
 
 def resampled_dir(dataset, split):
     return f"{R}/data/{dataset}/{split}/audio_16k"
+
+
+def audio_manifest_file(dataset, split):
+    """Names, sizes and mtimes of a local split's audio (sedlib.data.manifest), rewritten only when they change."""
+    return f"{R}/data/{dataset}/{split}/audio_manifest.tsv"
 
 
 def durations_file(dataset, split):

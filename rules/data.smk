@@ -47,7 +47,7 @@ rule download:
 rule resample:
     """Mono audio at audio.sample_rate in resampled_dir(); durations.tsv (measured) is written last."""
     input:
-        lambda w: raw_ready(w.dataset),
+        lambda w: raw_ready(w.dataset) + local_audio_manifest(w.dataset, w.split),
     output:
         durations_file("{dataset}", "{split}"),
     params:
@@ -73,6 +73,7 @@ rule validate_metadata:
     input:
         durations=durations_file("{dataset}", "{split}"),
         raw=lambda w: raw_ready(w.dataset),
+        local=lambda w: local_metadata_files(w.dataset, w.split),
     output:
         metadata_file("{dataset}", "{split}"),
     params:

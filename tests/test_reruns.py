@@ -1,4 +1,4 @@
-"""Partial re-runs: which jobs of the real embedded DAG a configuration edit schedules.
+"""Partial re-runs: which jobs of the real embedded DAG a configuration or local-data edit schedules.
 
 Every rule passes exactly the configuration it reads as a JSON ``params`` value, so Snakemake's params and input
 rerun triggers re-run the rules whose settings changed and everything downstream, and nothing else. The module
@@ -85,10 +85,8 @@ def under(paths, *prefixes: str) -> set[str]:
 UPSTREAM = ("results/data/", "results/features/", "results/backbone/", "results/embeddings/")
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, copy_workflow) -> Path:
-    """A workflow copy whose every output exists, with provenance recorded as if each job had run."""
-    root = copy_workflow(tmp_path_factory.mktemp("finished"))
+def finish(root: Path) -> Path:
+    """Make every output of ``root``'s DAG exist, with provenance recorded as if each job had run."""
     listing = subprocess.run(
         [sys.executable, "-c", LIST_OUTPUTS, str(root)],
         cwd=root, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S,
@@ -108,10 +106,82 @@ def finished(tmp_path_factory, copy_workflow) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, copy_workflow) -> Path:
+    """A workflow copy whose every output exists, with provenance recorded as if each job had run."""
+    return finish(copy_workflow(tmp_path_factory.mktemp("finished")))
+
+
 @pytest.fixture
 def state(finished: Path, tmp_path: Path) -> Path:
     """A private copy of the finished state (copy2 keeps the mtimes that the touch run ordered)."""
     return Path(shutil.copytree(finished, tmp_path / "wf", symlinks=True))
+
+
+LOCAL_ROOT = "local_desed"
+
+
+@pytest.fixture(scope="module")
+def finished_local(tmp_path_factory, copy_workflow) -> Path:
+    """The finished state of the embedded config switched to `source: local` (real DESED on disk, in miniature).
+
+    Each split gets two placeholder audio files and its metadata / durations files: a dry run only looks at
+    names, sizes and times.
+    """
+    root = copy_workflow(tmp_path_factory.mktemp("finished_local"))
+
+    def to_local(config):
+        dataset = config["datasets"]["desed"]
+        dataset.update(source="local", root=LOCAL_ROOT)
+        for split in dataset["splits"].values():
+            audio = root / LOCAL_ROOT / split["audio"]
+            audio.mkdir(parents=True, exist_ok=True)
+            for index in range(2):
+                (audio / f"clip{index}.wav").write_bytes(b"RIFF" + bytes(index))
+            for key in ("metadata", "durations"):
+                if split.get(key):
+                    path = root / LOCAL_ROOT / split[key]
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text("filename\n")
+
+    edit_config(root, to_local)
+    return finish(root)
+
+
+@pytest.fixture
+def local_state(finished_local: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(finished_local, tmp_path / "wf", symlinks=True))
+
+
+def rules_of(paths, current) -> set[str]:
+    return {current[p][0] for p in paths}
+
+
+def test_local_metadata_edit_revalidates_and_reevaluates_that_split_only(local_state):
+    metadata = local_state / LOCAL_ROOT / "metadata" / "validation" / "validation.tsv"  # devtest (role: test)
+    metadata.write_text("filename\tonset\toffset\tevent_label\nclip0.wav\t0.0\t1.0\tDog\n")
+    todo, current = pending(local_state)
+    assert "results/data/desed/devtest/metadata.tsv" in todo and "results/eval_psds.json" in todo
+    assert rules_of(todo, current) <= {"validate_metadata", "evaluate", "plot"}, sorted(rules_of(todo, current))
+    assert under(todo, "results/data/") == {"results/data/desed/devtest/metadata.tsv"}
+
+
+@pytest.mark.parametrize("change", ["add", "remove", "replace"])
+def test_local_audio_change_reresamples_that_split_only(local_state, change):
+    audio = local_state / LOCAL_ROOT / "audio" / "train" / "weak"
+    if change == "add":
+        (audio / "clip9.flac").write_bytes(b"new")
+    elif change == "remove":
+        (audio / "clip1.wav").unlink()
+    else:
+        (audio / "clip1.wav").write_bytes(b"RIFF-edited")
+    todo, current = pending(local_state)
+    resampled = {p for p in todo if current[p][0] == "resample"}
+    assert resampled == {"results/data/desed/weak/durations.tsv"}
+    # Only the weak split's own chain follows: its metadata, partition, features, embeddings (then training).
+    assert {p for p in under(todo, "results/data/", "results/features/", "results/embeddings/")
+            if "/weak" not in p} == set()
+    assert "results/backbone/backbone.pt" not in todo
 
 
 def test_stage2_hyperparameter_reruns_stage2_and_downstream_only(state):
