@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from sedlib.config import ConfigError, schema, validate_config
+from sedlib.config import ConfigError, load_config, schema, validate_config
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +84,8 @@ def test_snakemake_reports_an_unknown_top_level_key_in_one_line(tmp_path, copy_w
     assert proc.returncode != 0
     assert "unknown key 'evalution' in the top level; did you mean 'evaluation'?" in output
     assert "additionalProperties" not in output and "definitions" not in output, output[-2000:]
+
+
+@pytest.mark.parametrize("name", ["workflow_config.yaml", "configs/desed.yaml"])
+def test_shipped_configurations_validate(repo_root, name):
+    assert load_config(repo_root / name)["datasets"]

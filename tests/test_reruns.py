@@ -5,7 +5,8 @@ rerun triggers re-run the rules whose settings changed and everything downstream
 fixture builds a "finished" workflow without running any job: it creates every output of the full DAG as an empty
 file or folder and records provenance with ``snakemake --touch --forceall``. Each test edits the configuration of
 a copy of that state and reads Snakemake's plan from ``snakemake --summary`` (per output: "update pending" or
-"no update"), i.e. what ``snakemake --profile profiles/local`` would run next.
+"no update"), i.e. what ``snakemake --profile profiles/local`` would run next. A second fixture does the same for
+the embedded configuration switched to ``source: local``, whose tests edit the data on disk instead.
 """
 
 from __future__ import annotations
