@@ -1,5 +1,6 @@
 """DESED metadata parsing and validation: real DESED files, every error class of the policy, the weak split."""
 
+import json
 import math
 
 import numpy as np
@@ -280,6 +281,17 @@ def test_validate_and_split_commands(tmp_path, capsys):
     assert cli_main(argv) == 2
     assert "bad.tsv:2: unknown label(s) ['Dug']" in capsys.readouterr().err
     assert not (tmp_path / "bad_out.tsv").exists()
+
+
+def test_validate_command_reads_the_split_threshold(tmp_path, capsys):
+    weak = write(tmp_path / "w.tsv", WEAK_HEADER + WEAK_ROWS)
+    durations = durations_file(tmp_path / "d.tsv", {k: v for k, v in AUDIO.items() if k != "clip39.wav"})
+    for fraction, code in ((0.05, 0), (0.0, 2)):
+        split = {"labels": "weak", "role": "weak", "max_unmatched_fraction": fraction}
+        argv = ["validate-metadata", "--metadata", str(weak), "--durations", str(durations), "--config-json",
+                json.dumps({"classes": CLASSES, "split": split}), "--out", str(tmp_path / f"out{fraction}.tsv")]
+        assert cli_main(argv) == code
+    assert "1 of 40 clips (2.5%) lack labels or audio, more than max_unmatched_fraction 0.0%" in capsys.readouterr().err
 
 
 def test_write_weak_round_trip(tmp_path):
