@@ -92,3 +92,16 @@ def test_unreadable_audio_is_a_clear_error(tmp_path, random_model_file, capsys):
     rc = main(["infer", str(bad), "--checkpoint", str(random_model_file), "--out", str(tmp_path / "e.tsv")])
     assert rc == 2 and "broken.wav" in capsys.readouterr().err
     assert not (tmp_path / "e.tsv").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "nan"])
+def test_infer_names_missing_and_non_finite_files(tmp_path, random_model_file, capsys, case):
+    path = tmp_path / f"{case}.wav"
+    if case == "nan":
+        sf.write(path, np.full(16000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    argv = ["infer", str(path), "--checkpoint", str(random_model_file), "--out", str(tmp_path / "e.tsv")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    expected = "missing.wav: audio file does not exist" if case == "missing" else "nan.wav: 16000 non-finite samples"
+    assert expected in err and "System error" not in err
+    assert not (tmp_path / "e.tsv").exists()

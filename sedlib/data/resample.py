@@ -5,6 +5,8 @@ down-mixed by the channel mean and resampled with soxr at quality 'HQ' (20-bit p
 16-bit output keeps). Outputs keep the input basename with a .wav suffix. Files already converted (right rate,
 one channel, expected length, newer than the input) are skipped; outputs whose input disappeared are removed.
 ``durations.tsv`` (``filename duration``, seconds from the real sample count) is written last.
+Input checks (:func:`read_mono`, also used by ``infer`` and ``score``): non-finite samples are an error; float
+samples beyond full scale are clipped and a truncated WAV data chunk is read as far as it goes, with warnings.
 """
 
 from __future__ import annotations
