@@ -7,7 +7,7 @@ import posixpath
 
 from snakemake.utils import validate
 
-from sedlib.config import split_ref, splits_with_role, validate_config
+from sedlib.config import ROLES, TRAIN_ROLES, split_ref, splits_with_role, stage_batch_sizes, validate_config
 
 # Validated at DAG build time; validate() fills the schema's defaults into `config`.
 validate(config, schema="../sedlib/schemas/config.schema.yaml")
@@ -48,7 +48,7 @@ def split_cfg(dataset, split):
 
 
 def all_splits():
-    return splits_with_role(config, "synthetic", "strong_real", "weak", "unlabeled", "validation", "test", "pretrain")
+    return splits_with_role(config, *ROLES)
 
 
 def raw_root(dataset):
@@ -126,13 +126,13 @@ def embedding_file(dataset, split):
 
 
 def training_splits():
-    """(dataset, split) pairs that training reads: the four batch groups and the validation splits."""
-    return splits_with_role(config, "synthetic", "strong_real", "weak", "unlabeled", "validation")
+    """(dataset, split) pairs that training reads: the batch groups and the validation splits."""
+    return splits_with_role(config, *TRAIN_ROLES, "validation")
 
 
 def train_group_splits():
-    """(dataset, split) pairs of the four batch groups (those that get pseudo-labels)."""
-    return splits_with_role(config, "synthetic", "strong_real", "weak", "unlabeled")
+    """(dataset, split) pairs of the batch groups (those that get pseudo-labels)."""
+    return splits_with_role(config, *TRAIN_ROLES)
 
 
 def weak_splits():
@@ -220,11 +220,14 @@ def benchmark_file(rule_name, *parts):
 
 # ----------------------------------------------------------------------------- features rules' inputs and params
 def pretrain_split():
+    """The split whose clip labels pretrain the embedded backbone: the one with role 'pretrain', else (own data)
+    the first labelled training split (strong labels count as clip tags)."""
     pairs = splits_with_role(config, "pretrain")
-    if len(pairs) != 1:
-        raise ValueError(
-            f"model.backbone.source 'pretrain' needs exactly one split with role 'pretrain', found {pairs}"
-        )
+    if len(pairs) > 1:
+        raise ValueError(f"model.backbone.source 'pretrain' needs at most one split with role 'pretrain', found {pairs}")
+    pairs = pairs or [(d, s) for d, s in train_group_splits() if split_cfg(d, s)["labels"] in ("strong", "weak")]
+    if not pairs:
+        raise ValueError("model.backbone.source 'pretrain' needs a split with role 'pretrain' or a labelled training split")
     return pairs[0]
 
 
@@ -242,7 +245,7 @@ def train_params(stage, member):
             "training": {
                 **{k: config["training"][k] for k in ("accelerator", "devices", "strategy", "precision",
                                                       "accumulate_grad_batches", "num_workers")},
-                "stage": config["training"][f"stage{stage}"],
+                "stage": {**config["training"][f"stage{stage}"], "batch_sizes": stage_batch_sizes(config, stage)},
             },
             "classes": {d: dataset_cfg(d)["classes"] for d in datasets},
             "median_window": config["training"]["val_median_window"]

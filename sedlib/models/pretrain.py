@@ -1,7 +1,8 @@
 """``pretrain-backbone``: supervised clip tagging of the tiny ATST-Frame, standing in for AudioSet pretraining.
 
 The embedded configuration has no access to the published AudioSet-pretrained ATST-Frame, so the backbone
-is trained here on the ``pretrain`` split (weak labels) with a clip head: mean over the frame embeddings ->
+is trained here on the ``pretrain`` split (weak labels; with own data, a strongly labelled training split,
+whose events give the clip tags) with a clip head: mean over the frame embeddings ->
 Linear -> sigmoid, binary cross-entropy, AdamW. This gives stage 1's frozen embeddings information about
 the sound classes. Inputs are the split's cached ATST mel features, normalised by ``ATSTFrontend``; clips
 longer than 10 s are cropped at a random offset each epoch (evaluated on their first 10 s). A seeded
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sedlib.data.metadata import parse_weak
+from sedlib.data.metadata import STRONG_COLUMNS, parse_strong, parse_weak
 from sedlib.features.cache import FeatureCache, open_feature_cache
 from sedlib.devices import resolve_device
 from sedlib.features.frontends import ATSTFrontend
@@ -31,9 +32,21 @@ from sedlib.models.checkpoint import save_backbone
 log = logging.getLogger(__name__)
 
 
+def clip_tags(metadata: Path) -> dict[str, set[str]]:
+    """Class names present in each clip of a weak or strong metadata TSV (told apart by the header)."""
+    with open(metadata, encoding="utf-8") as f:
+        header = f.readline().strip()
+    if header != "\t".join(STRONG_COLUMNS):
+        return {row.filename: set(row.labels) for row in parse_weak(metadata)}
+    tags: dict[str, set[str]] = {}
+    for row in parse_strong(metadata):
+        tags.setdefault(row.filename, set()).update([row.label] if row.label else [])
+    return tags
+
+
 def read_weak_targets(metadata: Path, cache: FeatureCache) -> tuple[np.ndarray, list[str]]:
-    """((N, C) float32 targets in feature-cache row order, sorted class names) from a weak metadata TSV."""
-    labels = {row.filename: row.labels for row in parse_weak(metadata)}
+    """((N, C) float32 targets in feature-cache row order, sorted class names) from a weak or strong TSV."""
+    labels = clip_tags(metadata)
     missing = [name for name in cache.filenames if name not in labels]
     if missing:
         raise ValueError(f"{metadata}: no labels for {len(missing)} cached clips, e.g. {missing[:3]}")
@@ -158,7 +171,7 @@ def pretrain_backbone(
 def configure_pretrain_backbone(parser: argparse.ArgumentParser):
     parser.add_argument("--features-dir", required=True, type=Path, help="feature cache of the pretrain split")
     parser.add_argument("--metadata", required=True, type=Path,
-                        help="weak labels of the pretrain split (filename event_labels)")
+                        help="labels of the pretrain split: weak (filename event_labels) or strong")
     parser.add_argument("--out", required=True, type=Path, help="backbone file to write (results/backbone/backbone.pt)")
     parser.add_argument("--config-json", required=True,
                         help='{"backbone": model.backbone, "atst_frontend": frontends.atst, '
