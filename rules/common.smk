@@ -58,13 +58,30 @@ def raw_root(dataset):
 
 
 def raw_ready(dataset):
-    """Files whose existence means the raw data of `dataset` is complete (synthetic / downloaded)."""
+    """Files whose existence means the raw data of `dataset` is complete (synthetic / downloaded / checked)."""
     ds = dataset_cfg(dataset)
     if ds["source"] == "synthetic":
         return [f"{R}/data/{dataset}/raw/manifest.json"]
     if ds["source"] == "download":
         return [f"{R}/data/{dataset}/downloads/{a['name']}.done" for a in ds["archives"]]
-    return []
+    return [data_check_file(dataset)]
+
+
+def local_datasets():
+    return [name for name, ds in config["datasets"].items() if ds["source"] == "local"]
+
+
+def data_check_file(dataset):
+    """check-data report of a local dataset: missing / unlisted / unreadable audio, rates, hours."""
+    return f"{R}/data/{dataset}/data_check.json"
+
+
+def missing_audio_policy(dataset, split):
+    """{'missing_audio': 'drop'} for a scored split when evaluation.missing_audio is drop, else {} (params stay
+    unchanged for the default policy)."""
+    policy = config["evaluation"]["missing_audio"]
+    scored = split_cfg(dataset, split)["role"] in ("validation", "test")
+    return {"missing_audio": policy} if scored and policy != "error" else {}
 
 
 def split_raw_path(dataset, split, key):
@@ -194,6 +211,11 @@ def score_dir(iteration, model, dataset, split):
 def eval_logits_file(iteration, model, dataset, split):
     """Exact pre-sigmoid logits behind score_dir (sedlib.pseudo.store format); the ensemble averages these."""
     return f"{R}/iter{iteration}/eval_logits/{model}/{dataset}/{split}.h5"
+
+
+def missing_audio_listed(dataset, split):
+    """{'listed': original metadata} when evaluation.missing_audio is drop: evaluate lists the clips dropped."""
+    return {"listed": split_raw_path(dataset, split, "metadata")} if missing_audio_policy(dataset, split) else {}
 
 
 def eval_json():

@@ -10,8 +10,9 @@ Formats (tab-separated, one header line, times and durations in seconds):
 Validation policy (documented in docs/data.md): format errors, unknown labels, bad times and contradictions
 are errors; harmless redundancy is dropped with a warning; events may end up to ``END_WARN_S`` past the
 clip end with a warning (real DESED annotations do); clip-set mismatches between labels and audio are
-errors for scored splits (roles ``validation`` and ``test``) and warnings for training splits, whose
-validated copy keeps only clips that have both labels and audio.
+errors for scored splits (roles ``validation`` and ``test``; with ``missing_audio="drop"`` labelled clips
+without audio are dropped from them with a warning) and warnings for training splits, whose validated copy
+keeps only clips that have both labels and audio.
 """
 
 from __future__ import annotations
@@ -234,6 +235,7 @@ def validate_metadata(
     measured_durations: str | Path | None = None,
     provided_durations: str | Path | None = None,
     scored: bool = False,
+    missing_audio: str = "error",
 ) -> ValidatedMetadata:
     """Check a split's metadata against its classes and audio; return the validated table.
 
@@ -241,7 +243,8 @@ def validate_metadata(
     ``resample`` (the audio actually present, exact lengths). provided_durations: the split's own durations
     file, if any. The clip set and the clip lengths come from the measured file when given, else from the
     provided one; with neither, only the metadata itself is checked. scored: the split is scored
-    (validation/test role), so labels and audio must cover exactly the same clips.
+    (validation/test role), so labels and audio must cover exactly the same clips; missing_audio "drop" lets
+    its labelled clips without audio be dropped (evaluation.missing_audio).
     """
     metadata = Path(metadata)
     if labels not in ("strong", "weak"):
@@ -265,7 +268,7 @@ def validate_metadata(
         clips = [r.filename for r in weak_rows]
 
     if durations is not None:
-        keep = _check_clip_sets(metadata, clips, durations, scored, warnings)
+        keep = _check_clip_sets(metadata, clips, durations, scored, warnings, drop_missing=missing_audio == "drop")
         if labels == "strong":
             rows = [r for r in rows if r.filename in keep]
         else:
@@ -362,7 +365,7 @@ def _check_event_ends(path: Path, rows: list[StrongRow], durations: dict[str, fl
 
 
 def _check_clip_sets(
-    path: Path, clips: list[str], durations: dict[str, float], scored: bool, warnings: list[str]
+    path: Path, clips: list[str], durations: dict[str, float], scored: bool, warnings: list[str], drop_missing: bool = False
 ) -> set[str]:
     labelled = set(clips)
     missing = [c for c in clips if c not in durations]
@@ -372,8 +375,11 @@ def _check_clip_sets(
         problems.append(f"{len(missing)} labelled clips have no audio: {_listed(missing)}")
     if unlabelled:
         problems.append(f"{len(unlabelled)} clips with audio have no label row: {_listed(unlabelled)}")
+    if missing and scored and drop_missing:
+        warnings.append(f"{path}: {problems.pop(0)}; dropped, the clips present are scored (evaluation.missing_audio: drop)")
     if problems and scored:
-        raise ValueError(f"{path}: a scored split needs labels for exactly its audio clips; " + "; ".join(problems))
+        hint = " (evaluation.missing_audio: drop scores the clips present)" if missing and not drop_missing else ""
+        raise ValueError(f"{path}: a scored split needs labels for exactly its audio clips; " + "; ".join(problems) + hint)
     for problem in problems:
         warnings.append(f"{path}: {problem}; left out of the validated metadata")
     return labelled & set(durations)
@@ -424,7 +430,8 @@ def configure_validate_metadata(parser: argparse.ArgumentParser):
         "--provided-durations", nargs="?", const=None, default=None, help="the split's own durations TSV, if any"
     )
     parser.add_argument(
-        "--config-json", required=True, help='{"classes": [...], "split": {"labels": ..., "role": ..., ...}}'
+        "--config-json", required=True,
+        help='{"classes": [...], "split": {"labels": ..., "role": ..., ...}, "missing_audio": "drop" (optional)}',
     )
     parser.add_argument("--out", required=True, help="validated copy (same format)")
 
@@ -438,6 +445,7 @@ def configure_validate_metadata(parser: argparse.ArgumentParser):
             measured_durations=args.durations,
             provided_durations=args.provided_durations or None,
             scored=split["role"] in SCORED_ROLES,
+            missing_audio=cfg.get("missing_audio", "error"),
         )
         for warning in result.warnings:
             log.warning(warning)
