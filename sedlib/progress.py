@@ -3,7 +3,7 @@
 On a terminal (stderr is a TTY) one line is redrawn in place at most every ``TTY_INTERVAL_S``; otherwise
 (Snakemake logs, batch jobs) a log line is written at most every ``LOG_INTERVAL_S``, so short work stays quiet
 and a 1-hour file still reports while it runs. Use as an iterator wrapper (``for x in Progress(xs, "resample")``)
-or call :meth:`Progress.advance` as work completes (``with Progress(total=n, label=...) as p``).
+or call :meth:`Progress.advance` as work completes and :meth:`Progress.close` at the end (or use ``with``).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ def duration_text(seconds: float) -> str:
 class Progress:
     """Reports ``done / total unit`` of ``label`` with elapsed time and ETA (see the module docstring)."""
 
-    def __init__(self, items: Iterable[T] | None = None, label: str = "", total: int | None = None, unit: str = "files",
+    def __init__(self, items: Iterable[T] | None = None, label: str = "", total: float | None = None, unit: str = "files",
                  tty: bool | None = None, interval_s: float | None = None):  # fmt: skip
         self.items = items
-        self.total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
+        self.total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)  # type: ignore[arg-type]
         self.label, self.unit, self.done = label, unit, 0
         self.tty = sys.stderr.isatty() if tty is None else tty
         self.interval_s = interval_s if interval_s is not None else (TTY_INTERVAL_S if self.tty else LOG_INTERVAL_S)
@@ -53,12 +53,16 @@ class Progress:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.reported:  # only work long enough to have reported gets a final line
+        self.close()
+
+    def close(self) -> None:
+        """Final line, only for work that ran long enough to have reported."""
+        if self.reported:
             self.report(final=True)
 
     def text(self) -> str:
         elapsed = time.monotonic() - self.started
-        done = f"{self.done}/{self.total}" if self.total else str(self.done)
+        done = f"{self.done:.0f}/{self.total:.0f}" if self.total else f"{self.done:.0f}"
         text = f"{self.label}: {done} {self.unit}"
         if self.total:
             text += f" ({100 * self.done / self.total:.0f} %)"
@@ -67,7 +71,7 @@ class Progress:
             text += f", ETA {duration_text(elapsed * (self.total - self.done) / self.done)}"
         return text
 
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: float = 1) -> None:
         """Count ``n`` more items done; report when the interval has passed."""
         self.done += n
         now = time.monotonic()

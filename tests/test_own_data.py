@@ -89,3 +89,20 @@ def test_own_data_end_to_end(copy_workflow, tmp_path):
     for metrics in result["results"]["iter1"].values():
         assert set(metrics) == {"mydata/test"}
         assert 0.0 <= metrics["mydata/test"]["psds1"]["value"] <= 1.0
+    assert result["missing_audio"] == {"policy": "error", "dropped": {}}
+    check = json.loads((workdir / "results" / "data" / "mydata" / "data_check.json").read_text())
+    assert check["ok"] and check["datasets"]["mydata"]["splits"]["train"]["sample_rates"] == {"22050": 9}
+    for stage in (1, 2):
+        tags = tensorboard_scalars(workdir / "results" / "iter1" / f"stage{stage}" / "m1" / "tensorboard")
+        assert {"train/loss_step", "train/supervised_epoch", "train/consistency_epoch", "lr/cnn", "lr/rnn", "val/obj",
+                "val/teacher/psds1", "val/teacher/strong_bce"} <= tags, sorted(tags)  # fmt: skip
+
+
+def tensorboard_scalars(log_dir: Path) -> set[str]:
+    """Scalar tags of the TensorBoard event files in ``log_dir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert list(log_dir.glob("events.out.tfevents.*")), f"no event file in {log_dir}"
+    accumulator = EventAccumulator(str(log_dir))
+    accumulator.Reload()
+    return set(accumulator.Tags()["scalars"])

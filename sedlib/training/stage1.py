@@ -180,7 +180,7 @@ class Stage1Module(L.LightningModule):
     def log_train(self, batch_size: int, **terms: torch.Tensor | float) -> None:
         for name, value in terms.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=True, prog_bar=name == "loss", batch_size=batch_size)
-        for group in self.trainer.optimizers[0].param_groups[:2]:
+        for group in self.trainer.optimizers[0].param_groups[:3]:  # cnn, rnn, top backbone group (stage 2)
             self.log(f"lr/{group['name']}", group["lr"], on_step=True, on_epoch=False, batch_size=batch_size)
 
     # ------------------------------------------------------------------ training
