@@ -336,14 +336,16 @@ class TrainingData(L.LightningDataModule):
         self.classes = list(config["classes"])
         self.geometry = Geometry.from_config(config)
         sizes = self.stage_cfg["batch_sizes"]
-        self.batch_sizes, self.groups = [], []
+        self.batch_sizes, self.groups = [], []  # of the groups present (with a split), in batch order
         for role in TRAIN_ROLES:
             members = [s for s in splits if s.role == role]
             if sizes.get(role, 0) > 0 and not members:
                 raise ValueError(f"training.stageN.batch_sizes.{role} = {sizes[role]} but no split has role '{role}'")
-            if members and role not in sizes:
+            if not members:
+                continue
+            if role not in sizes:
                 raise ValueError(f"training.stageN.batch_sizes: no size for group '{role}' (splits {[s.name for s in members]})")
-            self.batch_sizes.append(int(sizes.get(role, 0)))
+            self.batch_sizes.append(int(sizes[role]))
             self.groups.append([load_split(s, self.classes, self.geometry, "train", use_embeddings, distil) for s in members])
         self.train_set = ClipDataset([part for group in self.groups for part in group])
         self.validation: list[ValidationSet] = []
