@@ -10,7 +10,9 @@ rule check_data:
     wildcard_constraints:
         dataset="|".join(local_datasets()) or "(?!)",
     params:
-        cfg=lambda w: as_json({"datasets": {w.dataset: dataset_cfg(w.dataset)}, "missing_audio": config["evaluation"]["missing_audio"]}),
+        cfg=lambda w: as_json(
+            {"datasets": {w.dataset: dataset_cfg(w.dataset)}, "missing_audio": config["evaluation"]["missing_audio"]}
+        ),
     log:
         log_file("check_data", "{dataset}"),
     benchmark:

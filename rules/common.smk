@@ -7,7 +7,8 @@ import posixpath
 
 from snakemake.utils import validate
 
-from sedlib.config import ROLES, TRAIN_ROLES, split_ref, splits_with_role, stage_batch_sizes, validate_config
+from sedlib.config import (ROLES, SCORED_ROLES, TRAIN_ROLES, split_ref, splits_with_role, stage_batch_sizes,
+                           validate_config)
 
 # Validated at DAG build time; validate() fills the schema's defaults into `config`.
 validate(config, schema="../sedlib/schemas/config.schema.yaml")
@@ -80,7 +81,7 @@ def missing_audio_policy(dataset, split):
     """{'missing_audio': 'drop'} for a scored split when evaluation.missing_audio is drop, else {} (params stay
     unchanged for the default policy)."""
     policy = config["evaluation"]["missing_audio"]
-    scored = split_cfg(dataset, split)["role"] in ("validation", "test")
+    scored = split_cfg(dataset, split)["role"] in SCORED_ROLES
     return {"missing_audio": policy} if scored and policy != "error" else {}
 
 
@@ -246,10 +247,10 @@ def pretrain_split():
     the first labelled training split (strong labels count as clip tags)."""
     pairs = splits_with_role(config, "pretrain")
     if len(pairs) > 1:
-        raise ValueError(f"model.backbone.source 'pretrain' needs at most one split with role 'pretrain', found {pairs}")
+        raise ValueError(f"model.backbone.source 'pretrain': at most one split may have role 'pretrain', found {pairs}")
     pairs = pairs or [(d, s) for d, s in train_group_splits() if split_cfg(d, s)["labels"] in ("strong", "weak")]
     if not pairs:
-        raise ValueError("model.backbone.source 'pretrain' needs a split with role 'pretrain' or a labelled training split")
+        raise ValueError("model.backbone.source 'pretrain' needs a 'pretrain' split or a labelled training split")
     return pairs[0]
 
 

@@ -20,7 +20,8 @@ SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
 # strongly labelled group `strong` beside DESED's two (a group is every split of that role).
 STRONG_ROLES = ("strong_real", "synthetic", "strong")
 TRAIN_ROLES = (*STRONG_ROLES, "weak", "unlabeled")
-ROLES = (*TRAIN_ROLES, "validation", "test", "pretrain")
+SCORED_ROLES = ("validation", "test")  # strong labels, scored against their audio (model selection, test)
+ROLES = (*TRAIN_ROLES, *SCORED_ROLES, "pretrain")
 
 
 class ConfigError(ValueError):

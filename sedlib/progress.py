@@ -33,10 +33,12 @@ def duration_text(seconds: float) -> str:
 class Progress:
     """Reports ``done / total unit`` of ``label`` with elapsed time and ETA (see the module docstring)."""
 
-    def __init__(self, items: Iterable[T] | None = None, label: str = "", total: float | None = None, unit: str = "files",
-                 tty: bool | None = None, interval_s: float | None = None):  # fmt: skip
+    def __init__(self, items: Iterable[T] | None = None, label: str = "", total: float | None = None,
+                 unit: str = "files", tty: bool | None = None, interval_s: float | None = None):  # fmt: skip
         self.items = items
-        self.total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)  # type: ignore[arg-type]
+        if total is None and hasattr(items, "__len__"):
+            total = len(items)  # type: ignore[arg-type]
+        self.total = total
         self.label, self.unit, self.done = label, unit, 0
         self.tty = sys.stderr.isatty() if tty is None else tty
         self.interval_s = interval_s if interval_s is not None else (TTY_INTERVAL_S if self.tty else LOG_INTERVAL_S)

@@ -39,7 +39,8 @@ def desed_like(root: Path, shared_data: Path) -> dict:
     for name in names[2:]:
         sf.write(weak / name, silence, 16000)
     (root / "metadata" / "train").mkdir(parents=True)
-    (root / "metadata" / "train" / "weak.tsv").write_text("filename\tevent_labels\n" + "".join(f"{n}\tDog\n" for n in names))
+    weak_rows = "".join(f"{n}\tDog\n" for n in names)
+    (root / "metadata" / "train" / "weak.tsv").write_text("filename\tevent_labels\n" + weak_rows)
     splits = {
         "weak": {"audio": "audio/train/weak", "metadata": "metadata/train/weak.tsv", "labels": "weak", "role": "weak"},
         "devtest": {"audio": "audio/validation/validation", "metadata": "metadata/validation/validation.tsv",
@@ -56,7 +57,8 @@ def write_config(path: Path, datasets: dict, missing_audio: str) -> Path:
 def test_check_data_lists_the_missing_ground_truth_clips(shared_data, tmp_path, capsys):
     datasets, absent = desed_like(tmp_path / "DESED", shared_data)
     out = tmp_path / "results" / "data_check.json"
-    assert main(["check-data", "--configfile", str(write_config(tmp_path / "c.yaml", datasets, "error")), "--out", str(out)]) == 1
+    config = write_config(tmp_path / "c.yaml", datasets, "error")
+    assert main(["check-data", "--configfile", str(config), "--out", str(out)]) == 1
     report = json.loads(out.read_text())
     devtest, weak = (report["datasets"]["desed"]["splits"][s] for s in ("devtest", "weak"))
     assert devtest["status"] == "error" and devtest["missing"] == absent
@@ -67,7 +69,8 @@ def test_check_data_lists_the_missing_ground_truth_clips(shared_data, tmp_path, 
     printed = capsys.readouterr().out
     assert all(clip in printed for clip in absent) and "data check: FAILED" in printed
 
-    assert main(["check-data", "--configfile", str(write_config(tmp_path / "d.yaml", datasets, "drop")), "--out", str(out)]) == 0
+    config = write_config(tmp_path / "d.yaml", datasets, "drop")
+    assert main(["check-data", "--configfile", str(config), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["ok"] and report["datasets"]["desed"]["splits"]["devtest"]["status"] == "drop"
 
@@ -89,7 +92,8 @@ def test_missing_audio_drop_scores_the_clips_present(shared_data, tmp_path):
     write_durations(durations, {clip: real[clip] for clip in clips[ABSENT:]})
     with pytest.raises(ValueError, match="evaluation.missing_audio: drop"):
         validate_metadata(truth, "strong", CLASSES, measured_durations=durations, scored=True)
-    result = validate_metadata(truth, "strong", CLASSES, measured_durations=durations, scored=True, missing_audio="drop")
+    result = validate_metadata(truth, "strong", CLASSES, measured_durations=durations, scored=True,
+                               missing_audio="drop")
     assert result.n_clips == 1168 - ABSENT and any("dropped" in w for w in result.warnings)
     write_strong(tmp_path / "metadata.tsv", result.table)
     assert dropped_clips({"desed/devtest": {"metadata": tmp_path / "metadata.tsv", "listed": truth}}) == {

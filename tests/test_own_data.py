@@ -22,7 +22,8 @@ TONES = {"knock": 300.0, "whistle": 2500.0, "ring": 1200.0}  # Hz of each class'
 def test_defaults_are_the_embedded_default(repo_root):
     """The dataset block alone gives the embedded default's every other value (schema defaults)."""
     embedded = load_config(repo_root / "workflow_config.yaml")
-    minimal = validate_config({"datasets": yaml.safe_load((repo_root / "workflow_config.yaml").read_text())["datasets"]})
+    datasets = yaml.safe_load((repo_root / "workflow_config.yaml").read_text())["datasets"]
+    minimal = validate_config({"datasets": datasets})
     assert minimal == embedded
 
 
@@ -75,7 +76,8 @@ def test_own_data_end_to_end(copy_workflow, tmp_path):
     config["datasets"]["mydata"]["root"] = str(tmp_path / "mydata")
     config["datasets"]["mydata"]["classes"] = CLASSES
     tiny_stage = {"batch_sizes": {"strong": 3}, "epochs": 1}
-    config["training"] = {"iterations": 1, "members": [{"name": "m1", "seed": 1}], "stage1": tiny_stage, "stage2": tiny_stage}
+    config["training"] = {"iterations": 1, "members": [{"name": "m1", "seed": 1}],
+                          "stage1": tiny_stage, "stage2": tiny_stage}
     config["model"] = {"backbone": {"pretrain": {"epochs": 1, "batch_size": 8}}}
     config["evaluation"].update(bootstrap={"n": 2, "seed": 0}, psds_eval_thresholds=2)
     (workdir / "own.yaml").write_text(yaml.safe_dump(config))

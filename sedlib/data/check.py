@@ -26,8 +26,8 @@ from typing import Any
 
 import soundfile as sf
 
-from sedlib.config import load_config
-from sedlib.data.metadata import SCORED_ROLES, parse_strong, parse_weak
+from sedlib.config import SCORED_ROLES, load_config
+from sedlib.data.metadata import parse_strong, parse_weak
 from sedlib.data.resample import list_audio
 from sedlib.io import write_json
 from sedlib.progress import Progress
@@ -126,7 +126,8 @@ def check_datasets(datasets: dict[str, dict], missing_audio: str = "error") -> d
 
 def table(report: dict[str, Any]) -> str:
     """Plain-text table of a report, then its errors and warnings (every missing clip of a scored split)."""
-    header = ("split", "role", "status", "listed", "audio", "missing", "unlisted", "unreadable", "rates Hz", "channels", "hours")
+    header = ("split", "role", "status", "listed", "audio", "missing", "unlisted", "unreadable", "rates Hz", "channels",
+              "hours")
     rows = [header]
     notes = []
     for ds_name, ds in report["datasets"].items():
@@ -147,7 +148,8 @@ def table(report: dict[str, Any]) -> str:
 def configure_check_data(parser: argparse.ArgumentParser):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--configfile", type=Path, help="workflow configuration YAML: checks its local datasets")
-    source.add_argument("--config-json", help='{"datasets": {name: section}, "missing_audio": "error" | "drop"} (the rule)')
+    source.add_argument("--config-json",
+                        help='{"datasets": {name: section}, "missing_audio": "error" | "drop"} (the rule)')
     parser.add_argument("--out", type=Path, default=Path("results/data_check.json"), help="JSON report to write")
 
     def run(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sedlib.config import SCORED_ROLES
 from sedlib.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 STRONG_COLUMNS = ("filename", "onset", "offset", "event_label")
 WEAK_COLUMNS = ("filename", "event_labels")
 DURATION_COLUMNS = ("filename", "duration")
-SCORED_ROLES = ("validation", "test")
 END_SILENT_S = 0.01  # s: overrun past the clip end accepted silently (times are given to the millisecond)
 END_WARN_S = 0.2  # s: overrun accepted with a warning; beyond it the event is an error
 PROVIDED_DURATION_TOLERANCE_S = 0.1  # s: provided vs measured duration difference reported as a warning
@@ -365,7 +365,8 @@ def _check_event_ends(path: Path, rows: list[StrongRow], durations: dict[str, fl
 
 
 def _check_clip_sets(
-    path: Path, clips: list[str], durations: dict[str, float], scored: bool, warnings: list[str], drop_missing: bool = False
+    path: Path, clips: list[str], durations: dict[str, float], scored: bool, warnings: list[str],
+    drop_missing: bool = False,
 ) -> set[str]:
     labelled = set(clips)
     missing = [c for c in clips if c not in durations]
@@ -376,10 +377,13 @@ def _check_clip_sets(
     if unlabelled:
         problems.append(f"{len(unlabelled)} clips with audio have no label row: {_listed(unlabelled)}")
     if missing and scored and drop_missing:
-        warnings.append(f"{path}: {problems.pop(0)}; dropped, the clips present are scored (evaluation.missing_audio: drop)")
+        dropped = problems.pop(0)
+        warnings.append(f"{path}: {dropped}; dropped, the clips present are scored (evaluation.missing_audio: drop)")
     if problems and scored:
         hint = " (evaluation.missing_audio: drop scores the clips present)" if missing and not drop_missing else ""
-        raise ValueError(f"{path}: a scored split needs labels for exactly its audio clips; " + "; ".join(problems) + hint)
+        raise ValueError(
+            f"{path}: a scored split needs labels for exactly its audio clips; " + "; ".join(problems) + hint
+        )
     for problem in problems:
         warnings.append(f"{path}: {problem}; left out of the validated metadata")
     return labelled & set(durations)

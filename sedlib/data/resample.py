@@ -114,7 +114,8 @@ def resample_folder(src_dir: str | Path, out_dir: str | Path, durations_path: st
     if threads > 1:
         with ProcessPoolExecutor(max_workers=threads) as pool:
             chunk = max(1, len(jobs) // (8 * threads))
-            results = list(Progress(pool.map(_convert_job, jobs, chunksize=chunk), f"resample {src_dir}", total=len(jobs)))
+            done = pool.map(_convert_job, jobs, chunksize=chunk)
+            results = list(Progress(done, f"resample {src_dir}", total=len(jobs)))
     else:
         results = [_convert_job(job) for job in Progress(jobs, f"resample {src_dir}")]
     durations = {name: n / target_rate for name, (n, _) in zip(names, results)}

@@ -60,12 +60,12 @@ def embed_cache(
     """Fill ``out`` (N, D, T_max' // patch_frames) with the frame embeddings of every cached clip."""
     backbone = backbone.to(device).eval()
     frontend = frontend.to(device)
-    chunks = [
-        (start, stop, first_embedding, np.flatnonzero(cache.n_atst - start >= backbone.patch_frames) if start else np.arange(len(cache)))
-        for start, stop, first_embedding in chunk_layout(cache.atst.shape[-1], clip_frames, backbone.patch_frames)
-    ]
-    progress = Progress(label="cache-embeddings", total=sum(len(rows) for *_, rows in chunks), unit="clip windows")
-    for start, stop, first_embedding, rows in chunks:
+    layout = chunk_layout(cache.atst.shape[-1], clip_frames, backbone.patch_frames)
+    # rows of the clips long enough to reach each chunk
+    chunk_rows = [np.flatnonzero(cache.n_atst - start >= backbone.patch_frames) if start else np.arange(len(cache))
+                  for start, _, _ in layout]  # fmt: skip
+    progress = Progress(label="cache-embeddings", total=sum(map(len, chunk_rows)), unit="clip windows")
+    for (start, stop, first_embedding), rows in zip(layout, chunk_rows):
         for first in range(0, len(rows), batch_size):
             batch_rows = rows[first : first + batch_size]
             mel = torch.from_numpy(np.ascontiguousarray(cache.atst[batch_rows, :, start:stop])).to(device)

@@ -3,7 +3,8 @@
 Batch layout. One training batch holds fixed numbers of clips from each group, concatenated in the order
 ``[strong_real, synthetic, strong, weak, unlabeled]`` (``training.stageN.batch_sizes``; a group is every split
 of that role; ATST-SED's order with the generic ``strong`` group after DESED's two strong groups; groups
-without a split are absent). Each group has its own random order per epoch; an epoch ends when the first group runs out:
+without a split are absent). Each group has its own random order per epoch; an epoch ends when the first group
+runs out:
 ``epoch_batches = min(len_g // batch_g)`` over groups with ``batch_g > 0`` (optionally capped by
 ``max_steps_per_epoch``), as the published ``ConcatDatasetBatchSampler``. With several processes (DDP) every
 rank draws the same orders and takes every ``world_size``-th batch.
@@ -344,7 +345,8 @@ class TrainingData(L.LightningDataModule):
             if not members:
                 continue
             if role not in sizes:
-                raise ValueError(f"training.stageN.batch_sizes: no size for group '{role}' (splits {[s.name for s in members]})")
+                names = [s.name for s in members]
+                raise ValueError(f"training.stageN.batch_sizes: no size for group '{role}' (splits {names})")
             self.batch_sizes.append(int(sizes[role]))
             self.groups.append([load_split(s, self.classes, self.geometry, "train", use_embeddings, distil) for s in members])
         self.train_set = ClipDataset([part for group in self.groups for part in group])

@@ -222,7 +222,8 @@ def train(
         accumulate_grad_batches=config["training"]["accumulate_grad_batches"],
         check_val_every_n_epoch=hp["val_every_n_epochs"],
         callbacks=[epoch_log, LastCheckpoint(out_dir / "checkpoints" / LAST), best, *callbacks],
-        logger=[CSVLogger(out_dir, name="logs"), TensorBoardLogger(out_dir, name=TENSORBOARD, version="", default_hp_metric=False)],
+        logger=[CSVLogger(out_dir, name="logs"),
+                TensorBoardLogger(out_dir, name=TENSORBOARD, version="", default_hp_metric=False)],
         log_every_n_steps=max(1, min(50, data.epoch_batches())),
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # the group sampler shards batches itself
