@@ -6,10 +6,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 import yaml
 
-from sedlib.config import load_config, stage_batch_sizes, validate_config
+from sedlib.config import ConfigError, load_config, stage_batch_sizes, validate_config
+from sedlib.models.pretrain import clip_tags
 from sedlib.training.data import batch_groups
 
 from test_workflow_e2e import snakemake
@@ -40,6 +42,22 @@ def test_strong_group_follows_desed_groups_in_batch_order():
     assert groups["strong_all"] == slice(0, 3) and groups["strong"] == slice(3, 3) and groups["weak"] == slice(3, 6)
     own = batch_groups({"strong": 4})
     assert own["strong_all"] == own["strong"] == slice(0, 4) and own["unlabeled"] == slice(4, 4)
+
+
+def test_evaluation_defaults_need_a_test_split():
+    config = yaml.safe_load(EXAMPLE.read_text())
+    del config["datasets"]["mydata"]["splits"]["test"]
+    with pytest.raises(ConfigError, match="evaluation.splits.*no split has role 'test'"):
+        validate_config(config)
+
+
+def test_strong_labels_give_the_backbone_clip_tags(tmp_path):
+    strong = tmp_path / "strong.tsv"
+    strong.write_text("filename\tonset\toffset\tevent_label\na.wav\t0.1\t0.5\tknock\na.wav\t1.0\t2.0\tring\n"
+                      "b.wav\t\t\t\n")  # fmt: skip
+    weak = tmp_path / "weak.tsv"
+    weak.write_text("filename\tevent_labels\na.wav\tknock,ring\nb.wav\t\n")
+    assert clip_tags(strong) == clip_tags(weak) == {"a.wav": {"knock", "ring"}, "b.wav": set()}
 
 
 def write_clip(path: Path, events: list[tuple[float, float, str]], seconds: float, rate: int, rng) -> None:
