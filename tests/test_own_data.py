@@ -11,7 +11,7 @@ import soundfile as sf
 import yaml
 
 from sedlib.config import ConfigError, load_config, stage_batch_sizes, validate_config
-from sedlib.models.pretrain import clip_tags
+from sedlib.models.pretrain import clip_tags, read_weak_targets
 from sedlib.training.data import batch_groups
 
 from test_workflow_e2e import snakemake
@@ -58,6 +58,17 @@ def test_strong_labels_give_the_backbone_clip_tags(tmp_path):
     weak = tmp_path / "weak.tsv"
     weak.write_text("filename\tevent_labels\na.wav\tknock,ring\nb.wav\t\n")
     assert clip_tags(strong) == clip_tags(weak) == {"a.wav": {"knock", "ring"}, "b.wav": set()}
+    targets, classes, rows = read_weak_targets(strong, FakeCache(["a.wav", "extra.wav", "b.wav"]))
+    assert classes == ["knock", "ring"] and rows.tolist() == [0, 2]  # extra.wav: audio without labels, left out
+    assert targets.tolist() == [[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
+
+
+class FakeCache(list):
+    """What read_weak_targets reads of a feature cache: its clip names and length."""
+
+    @property
+    def filenames(self):
+        return list(self)
 
 
 def write_clip(path: Path, events: list[tuple[float, float, str]], seconds: float, rate: int, rng) -> None:

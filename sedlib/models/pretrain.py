@@ -44,18 +44,22 @@ def clip_tags(metadata: Path) -> dict[str, set[str]]:
     return tags
 
 
-def read_weak_targets(metadata: Path, cache: FeatureCache) -> tuple[np.ndarray, list[str]]:
-    """((N, C) float32 targets in feature-cache row order, sorted class names) from a weak or strong TSV."""
+def read_weak_targets(metadata: Path, cache: FeatureCache) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """((N, C) float32 targets in feature-cache row order, sorted class names, rows that have labels) from a weak
+    or strong TSV. Cached clips without labels (a training split's audio that validation left out) are skipped."""
     labels = clip_tags(metadata)
     missing = [name for name in cache.filenames if name not in labels]
+    if len(missing) == len(cache):
+        raise ValueError(f"{metadata}: no labels for any of the {len(cache)} cached clips, e.g. {missing[:3]}")
     if missing:
-        raise ValueError(f"{metadata}: no labels for {len(missing)} cached clips, e.g. {missing[:3]}")
+        log.warning("%s: no labels for %d cached clips (left out), e.g. %s", metadata, len(missing), missing[:3])
     classes = sorted({label for names in labels.values() for label in names})
     index = {name: i for i, name in enumerate(classes)}
     targets = np.zeros((len(cache), len(classes)), dtype=np.float32)
-    for row, filename in enumerate(cache.filenames):
-        targets[row, [index[label] for label in labels[filename]]] = 1.0
-    return targets, classes
+    rows = np.array([row for row, filename in enumerate(cache.filenames) if filename in labels], dtype=np.int64)
+    for row in rows:
+        targets[row, [index[label] for label in labels[cache.filenames[row]]]] = 1.0
+    return targets, classes, rows
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
@@ -122,17 +126,17 @@ def pretrain_backbone(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     cache = open_feature_cache(features_dir)
-    targets, classes = read_weak_targets(metadata, cache)
+    targets, classes, labelled = read_weak_targets(metadata, cache)
     frontend = ATSTFrontend(atst_cfg)
     backbone = ATSTFrame.from_config(backbone_cfg, atst_cfg["n_mels"])
     model = ClipTagger(backbone, len(classes)).to(device)
     clip_frames = frontend.n_frames(int(round(clip_seconds * frontend.sample_rate)))
     data = TaggingData(cache, targets, frontend, clip_frames, backbone.patch_frames)
-    order = torch.randperm(len(cache), generator=generator).numpy()
-    n_val = int(round(val_fraction * len(cache)))
+    order = labelled[torch.randperm(len(labelled), generator=generator).numpy()]
+    n_val = int(round(val_fraction * len(labelled)))
     val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
     if len(train_rows) == 0:
-        raise ValueError(f"{features_dir}: too few clips ({len(cache)}) to hold out {val_fraction:.0%} and train")
+        raise ValueError(f"{features_dir}: too few clips ({len(labelled)}) to hold out {val_fraction:.0%} and train")
     hp = backbone_cfg["pretrain"]
     batch_size = hp["batch_size"]
     def measure() -> dict:
