@@ -15,6 +15,7 @@ report: "docs/report.rst"
 
 
 include: "rules/common.smk"
+include: "rules/check.smk"
 include: "rules/data.smk"
 include: "rules/features.smk"
 include: "rules/train.smk"

@@ -37,7 +37,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from sedlib.config import TRAIN_ROLES, load_config, splits_with_role
+from sedlib.config import TRAIN_ROLES, load_config, splits_with_role, stage_batch_sizes
 from sedlib.features.cache import FeatureCache, build_feature_cache
 from sedlib.features.embeddings import build_embedding_cache, open_embeddings
 from sedlib.features.frontends import build_frontends
@@ -170,8 +170,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
     sizes = group_sizes(config)
-    batch_sizes = {role: config["training"]["stage1"]["batch_sizes"][role] for role in TRAIN_ROLES}
-    n_steps = min(sizes[r] // batch_sizes[r] for r in TRAIN_ROLES if batch_sizes[r])
+    batch_sizes = stage_batch_sizes(config, 1)
+    n_steps = min(sizes[r] // batch_sizes[r] for r in batch_sizes if batch_sizes[r])
     frontends = build_frontends(config["frontends"])
     rng = np.random.default_rng(0)
     results = {
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="stage1_bench_") as tmp:
         tmp = Path(tmp)
-        caches = {role: make_group_cache(tmp / role, sizes[role], config, rng) for role in TRAIN_ROLES}
+        caches = {role: make_group_cache(tmp / role, sizes[role], config, rng) for role in batch_sizes}
         feature_bytes = sum((c.directory / name).stat().st_size
                             for c in caches.values() for name in ("crnn_mel.npy", "atst_mel.npy"))
 

@@ -5,7 +5,8 @@ import json
 import os
 import posixpath
 
-from sedlib.config import split_ref, splits_with_role, validate_config
+from sedlib.config import (ROLES, SCORED_ROLES, TRAIN_ROLES, split_ref, splits_with_role, stage_batch_sizes,
+                           validate_config)
 from sedlib.data.manifest import refresh_manifest
 
 # Validated at DAG build time against sedlib/schemas/config.schema.yaml, defaults filled into `config`, plus the
@@ -47,7 +48,7 @@ def split_cfg(dataset, split):
 
 
 def all_splits():
-    return splits_with_role(config, "synthetic", "strong_real", "weak", "unlabeled", "validation", "test", "pretrain")
+    return splits_with_role(config, *ROLES)
 
 
 def raw_root(dataset):
@@ -57,13 +58,30 @@ def raw_root(dataset):
 
 
 def raw_ready(dataset):
-    """Files whose existence means the raw data of `dataset` is complete (synthetic / downloaded)."""
+    """Files whose existence means the raw data of `dataset` is complete (synthetic / downloaded / checked)."""
     ds = dataset_cfg(dataset)
     if ds["source"] == "synthetic":
         return [f"{R}/data/{dataset}/raw/manifest.json"]
     if ds["source"] == "download":
         return [f"{R}/data/{dataset}/downloads/{a['name']}.done" for a in ds["archives"]]
-    return []
+    return [data_check_file(dataset)]
+
+
+def local_datasets():
+    return [name for name, ds in config["datasets"].items() if ds["source"] == "local"]
+
+
+def data_check_file(dataset):
+    """check-data report of a local dataset: missing / unlisted / unreadable audio, rates, hours."""
+    return f"{R}/data/{dataset}/data_check.json"
+
+
+def missing_audio_policy(dataset, split):
+    """{'missing_audio': 'drop'} for a scored split when evaluation.missing_audio is drop, else {} (params stay
+    unchanged for the default policy)."""
+    policy = config["evaluation"]["missing_audio"]
+    scored = split_cfg(dataset, split)["role"] in SCORED_ROLES
+    return {"missing_audio": policy} if scored and policy != "error" else {}
 
 
 def split_raw_path(dataset, split, key):
@@ -150,13 +168,13 @@ def embedding_file(dataset, split):
 
 
 def training_splits():
-    """(dataset, split) pairs that training reads: the four batch groups and the validation splits."""
-    return splits_with_role(config, "synthetic", "strong_real", "weak", "unlabeled", "validation")
+    """(dataset, split) pairs that training reads: the batch groups and the validation splits."""
+    return splits_with_role(config, *TRAIN_ROLES, "validation")
 
 
 def train_group_splits():
-    """(dataset, split) pairs of the four batch groups (those that get pseudo-labels)."""
-    return splits_with_role(config, "synthetic", "strong_real", "weak", "unlabeled")
+    """(dataset, split) pairs of the batch groups (those that get pseudo-labels)."""
+    return splits_with_role(config, *TRAIN_ROLES)
 
 
 def weak_splits():
@@ -220,6 +238,11 @@ def eval_logits_file(iteration, model, dataset, split):
     return f"{R}/iter{iteration}/eval_logits/{model}/{dataset}/{split}.h5"
 
 
+def missing_audio_listed(dataset, split):
+    """{'listed': original metadata} when evaluation.missing_audio is drop: evaluate lists the clips dropped."""
+    return {"listed": split_raw_path(dataset, split, "metadata")} if missing_audio_policy(dataset, split) else {}
+
+
 def eval_json():
     return f"{R}/eval_psds.json"
 
@@ -244,11 +267,14 @@ def benchmark_file(rule_name, *parts):
 
 # ----------------------------------------------------------------------------- features rules' inputs and params
 def pretrain_split():
+    """The split whose clip labels pretrain the embedded backbone: the one with role 'pretrain', else (own data)
+    the first labelled training split (strong labels count as clip tags)."""
     pairs = splits_with_role(config, "pretrain")
-    if len(pairs) != 1:
-        raise ValueError(
-            f"model.backbone.source 'pretrain' needs exactly one split with role 'pretrain', found {pairs}"
-        )
+    if len(pairs) > 1:
+        raise ValueError(f"model.backbone.source 'pretrain': at most one split may have role 'pretrain', found {pairs}")
+    pairs = pairs or [(d, s) for d, s in train_group_splits() if split_cfg(d, s)["labels"] in ("strong", "weak")]
+    if not pairs:
+        raise ValueError("model.backbone.source 'pretrain' needs a 'pretrain' split or a labelled training split")
     return pairs[0]
 
 
@@ -266,7 +292,7 @@ def train_params(stage, member):
             "training": {
                 **{k: config["training"][k] for k in ("accelerator", "devices", "strategy", "precision",
                                                       "accumulate_grad_batches", "num_workers")},
-                "stage": config["training"][f"stage{stage}"],
+                "stage": {**config["training"][f"stage{stage}"], "batch_sizes": stage_batch_sizes(config, stage)},
             },
             "classes": {d: dataset_cfg(d)["classes"] for d in datasets},
             "median_window": config["training"]["val_median_window"]

@@ -77,7 +77,8 @@ rule validate_metadata:
     output:
         metadata_file("{dataset}", "{split}"),
     params:
-        cfg=lambda w: as_json({"classes": dataset_cfg(w.dataset)["classes"], "split": split_cfg(w.dataset, w.split)}),
+        cfg=lambda w: as_json({"classes": dataset_cfg(w.dataset)["classes"], "split": split_cfg(w.dataset, w.split),
+                               **missing_audio_policy(w.dataset, w.split)}),
         metadata=lambda w: split_raw_path(w.dataset, w.split, "metadata"),
         provided=lambda w: split_raw_path(w.dataset, w.split, "durations"),
     resources:

@@ -70,7 +70,8 @@ rule evaluate:
         inputs=as_json(
             {
                 "splits": {
-                    f"{d}/{s}": {"metadata": metadata_file(d, s), "durations": durations_file(d, s)}
+                    f"{d}/{s}": {"metadata": metadata_file(d, s), "durations": durations_file(d, s),
+                                 **missing_audio_listed(d, s)}
                     for d, s in eval_splits()
                 },
                 "scores": [

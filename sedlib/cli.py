@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synthesize": ("sedlib.data.synth", "generate the embedded synthetic DESED-like dataset (44.1 kHz)"),
     "download": ("sedlib.data.download", "fetch an archive over HTTP(S) with resume and sha256 check; extract it"),
     "resample": ("sedlib.data.resample", "convert a split's audio to mono at the target rate; write durations"),
+    "check-data": ("sedlib.data.check", "list missing, unlisted and unreadable audio of local datasets; rates, hours"),
     "validate-metadata": ("sedlib.data.metadata", "check a split's DESED-format metadata against its audio"),
     "split-weak": ("sedlib.data.metadata", "seeded train/validation partition of a weakly labelled split"),
     "cache-features": ("sedlib.features.cache", "compute both frontends' mel features of a split into .npy caches"),

@@ -17,7 +17,12 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
-TRAIN_ROLES = ("strong_real", "synthetic", "weak", "unlabeled")
+# Training batch groups in batch order: ATST-SED's [strong_real, synthetic, weak, unlabeled] with the generic
+# strongly labelled group `strong` beside DESED's two (a group is every split of that role).
+STRONG_ROLES = ("strong_real", "synthetic", "strong")
+TRAIN_ROLES = (*STRONG_ROLES, "weak", "unlabeled")
+SCORED_ROLES = ("validation", "test")  # strong labels, scored against their audio (model selection, test)
+ROLES = (*TRAIN_ROLES, *SCORED_ROLES, "pretrain")
 
 
 class ConfigError(ValueError):
@@ -47,6 +52,8 @@ def validate_config(config: dict, source: str = "config") -> dict:
 
     Every object of the schema rejects unknown keys; the error names the key, where it is and the closest
     valid key.
+    Also resolves two shorthands: ``evaluation.splits: null`` (every split with role test) and an integer
+    ``evaluation.median_window`` (that window for every class).
     """
     validator = _validator_with_defaults()(schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
@@ -126,6 +133,14 @@ def _check_cross_fields(config: dict, source: str) -> None:
                 fail(f"datasets.{ds_name}.splits.{split_name}.metadata", f"required for labels '{split['labels']}'")
     n_classes = {len(ds["classes"]) for ds in config["datasets"].values()}
     evaluation = config["evaluation"]
+    if evaluation["splits"] is None:
+        evaluation["splits"] = [f"{d}/{s}" for d, s in splits_with_role(config, "test")]
+        if not evaluation["splits"]:
+            fail("evaluation.splits", "no split has role 'test': give a split that role or list the splits to score")
+    if isinstance(evaluation["median_window"], int):
+        first_dataset = split_ref(evaluation["splits"][0])[0]
+        n_first = len(config["datasets"].get(first_dataset, {}).get("classes", []))
+        evaluation["median_window"] = [evaluation["median_window"]] * n_first
     for ref in evaluation["splits"]:
         ds_name, split_name = split_ref(ref)
         split = config["datasets"].get(ds_name, {}).get("splits", {}).get(split_name)
@@ -161,6 +176,13 @@ def splits_with_role(config: dict, *roles: str) -> list[tuple[str, str]]:
         for split_name, split in ds["splits"].items()
         if split["role"] in roles
     ]
+
+
+def stage_batch_sizes(config: dict, stage: int) -> dict[str, int]:
+    """``training.stageN.batch_sizes`` of the groups that have a split (a training run's batch layout)."""
+    present = {split["role"] for ds in config["datasets"].values() for split in ds["splits"].values()}
+    sizes = config["training"][f"stage{stage}"]["batch_sizes"]
+    return {role: sizes[role] for role in TRAIN_ROLES if role in present}
 
 
 def split_ref(ref: str) -> tuple[str, str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import pandas as pd
+import soundfile as sf
 
 from sedlib.config import load_config
 from sedlib.evaluation.postprocess import (
@@ -33,6 +34,7 @@ from sedlib.evaluation.postprocess import (
 from sedlib.evaluation.scoring import clip_id, load_predictor, load_wave, predict_logits
 from sedlib.io import atomic_path
 from sedlib.options import POSITIVE, POSITIVE_INT, PROBABILITY
+from sedlib.progress import Progress
 from sedlib.devices import resolve_device
 
 log = logging.getLogger(__name__)
@@ -89,19 +91,30 @@ def infer_files(
     dev = resolve_device(device)
     model, frontends, info = load_predictor(checkpoint, which, dev, config, classes)
     tables, names = {}, {}
-    for path in map(Path, paths):
+    paths = list(map(Path, paths))
+    progress = Progress(label=f"infer ({len(paths)} files)", total=sum(map(header_seconds, paths)), unit="s of audio")
+    for path in paths:
         clip = clip_id(path.name)
         if clip in tables:
             raise ValueError(f"{path}: another input has the same name stem '{clip}' (outputs would collide)")
         wave = load_wave(path, frontends.crnn.sample_rate)
-        logits = predict_logits(model, frontends, wave, window_s, hop_s, dev)
+        logits = predict_logits(model, frontends, wave, window_s, hop_s, dev, on_progress=progress.advance)
         if logits.shape[1] == 0:
             raise ValueError(f"{path}: {len(wave)} samples is shorter than one output frame ({info['frame_hop']} s)")
         duration = len(wave) / frontends.crnn.sample_rate
         tables[clip] = score_table(probabilities(logits), info["classes"], info["frame_hop"], duration)
         names[clip] = path.name
         log.info("%s: %.2f s, %d frames", path, duration, logits.shape[1])
+    progress.close()
     return tables, names
+
+
+def header_seconds(path: Path) -> float:
+    """Duration (s) from an audio file's header; 0 when unreadable (``load_wave`` then reports the error)."""
+    try:
+        return float(sf.info(str(path)).duration)
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return 0.0
 
 
 def detect(

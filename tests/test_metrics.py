@@ -279,8 +279,9 @@ def test_evaluate_command_writes_the_documented_json(tmp_path, devtest, repo_roo
     assert run(args) == 0
     doc = json.loads(out.read_text())
     assert list(doc) == ["format", "config_sha256", "data_manifest_sha256", "data_manifest", "code_version",
-                         "packages", "methodology", "results", "timings"]
+                         "packages", "methodology", "missing_audio", "results", "timings"]
     assert doc["config_sha256"] == sha256_json(config)
+    assert doc["missing_audio"] == {"policy": "error", "dropped": {}}
     entry = doc["results"]["iter1"]["m_teacher"]["desed/devtest"]
     assert list(entry) == ["clips", "clips_without_events", "events", "hours", "psds1", "psds2", "f1", "seconds"]
     assert entry["clips"] == len(sub_gt) and entry["clips_without_events"] == 1

@@ -238,7 +238,8 @@ def test_group_sampler_shards_batches_across_processes():
 def test_batch_groups_order():
     groups = batch_groups({"strong_real": 12, "synthetic": 12, "weak": 24, "unlabeled": 48})
     assert groups["strong_real"] == slice(0, 12) and groups["synthetic"] == slice(12, 24)
-    assert groups["weak"] == slice(24, 48) and groups["unlabeled"] == slice(48, 96) and groups["strong"] == slice(0, 24)
+    assert groups["weak"] == slice(24, 48) and groups["unlabeled"] == slice(48, 96) and groups["strong_all"] == slice(0, 24)
+    assert groups["strong"] == slice(24, 24)  # the generic strong group sits between DESED's and weak: absent here
 
 
 def test_geometry_of_the_published_frontends(workflow_config):

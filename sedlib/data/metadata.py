@@ -11,9 +11,10 @@ Validation policy (documented in docs/data.md): format errors, unknown labels, b
 are errors; harmless redundancy is dropped with a warning; events may end up to ``END_WARN_S`` past the
 clip end with a warning (real DESED annotations do). A metadata filename names its audio exactly, or by
 stem when only the extension changed by resampling (``x.flac`` -> ``x.wav``). Clip-set mismatches between
-labels and audio are errors for scored splits (roles ``validation`` and ``test``); a training split's
-validated copy keeps only clips that have both, with a warning, unless that loses every clip or more than
-``max_unmatched_fraction`` of them (an error).
+labels and audio are errors for scored splits (roles ``validation`` and ``test``; with
+``missing_audio="drop"`` labelled clips without audio are dropped from them with a warning); a training
+split's validated copy keeps only clips that have both, with a warning, unless that loses every clip or more
+than ``max_unmatched_fraction`` of them (an error).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from sedlib.data.audio_names import is_audio_name, resampled_name
+from sedlib.config import SCORED_ROLES
 from sedlib.io import atomic_path
 from sedlib.options import FRACTION, SEED
 
@@ -37,7 +39,6 @@ log = logging.getLogger(__name__)
 STRONG_COLUMNS = ("filename", "onset", "offset", "event_label")
 WEAK_COLUMNS = ("filename", "event_labels")
 DURATION_COLUMNS = ("filename", "duration")
-SCORED_ROLES = ("validation", "test")
 END_SILENT_S = 0.01  # s: overrun past the clip end accepted silently (times are given to the millisecond)
 END_WARN_S = 0.2  # s: overrun accepted with a warning; beyond it the event is an error
 PROVIDED_DURATION_TOLERANCE_S = 0.1  # s: provided vs measured duration difference reported as a warning
@@ -247,6 +248,7 @@ def validate_metadata(
     provided_durations: str | Path | None = None,
     scored: bool = False,
     max_unmatched_fraction: float = MAX_UNMATCHED_FRACTION,
+    missing_audio: str = "error",
 ) -> ValidatedMetadata:
     """Check a split's metadata against its classes and audio; return the validated table.
 
@@ -256,6 +258,7 @@ def validate_metadata(
     provided one; with neither, only the metadata itself is checked. scored: the split is scored
     (validation/test role), so labels and audio must cover exactly the same clips. max_unmatched_fraction: the
     share of a training split's clips (labelled or with audio) that may lack the other before it is an error.
+    missing_audio "drop" lets a scored split's labelled clips without audio be dropped (evaluation.missing_audio).
     The validated table names clips by their audio file.
     """
     metadata = Path(metadata)
@@ -277,7 +280,8 @@ def validate_metadata(
         raise ValueError(f"{metadata}: no data rows after the header; a labelled split needs at least one clip")
     if durations is not None:
         clips = list(dict.fromkeys(r.filename for r in rows))
-        audio_names = _match_clips(metadata, clips, durations, scored, max_unmatched_fraction, warnings)
+        audio_names = _match_clips(metadata, clips, durations, scored, max_unmatched_fraction, warnings,
+                                   drop_missing=missing_audio == "drop")
         rows = [replace(r, filename=audio_names[r.filename]) for r in rows if r.filename in audio_names]
         if labels == "strong":
             _check_event_ends(metadata, rows, durations, warnings)
@@ -374,7 +378,7 @@ def _check_event_ends(path: Path, rows: list[StrongRow], durations: dict[str, fl
 
 def _match_clips(
     path: Path, clips: list[str], durations: dict[str, float], scored: bool, max_unmatched_fraction: float,
-    warnings: list[str],
+    warnings: list[str], drop_missing: bool = False,
 ) -> dict[str, str]:
     """metadata filename -> audio filename of every labelled clip that has audio; mismatches per the policy."""
     matched: dict[str, str] = {}
@@ -398,8 +402,15 @@ def _match_clips(
         problems.append(f"{len(missing)} labelled clips have no audio: {_listed(missing)}")
     if unlabelled:
         problems.append(f"{len(unlabelled)} clips with audio have no label row: {_listed(unlabelled)}")
+    if missing and scored and drop_missing:
+        dropped = problems.pop(0)
+        warnings.append(f"{path}: {dropped}; dropped, the clips present are scored (evaluation.missing_audio: drop)")
+        missing = []
     if problems and scored:
-        raise ValueError(f"{path}: a scored split needs labels for exactly its audio clips; " + "; ".join(problems))
+        hint = " (evaluation.missing_audio: drop scores the clips present)" if missing else ""
+        raise ValueError(
+            f"{path}: a scored split needs labels for exactly its audio clips; " + "; ".join(problems) + hint
+        )
     hint = ("filenames must equal the audio file names, or differ only in an audio extension changed by "
             "resampling (x.flac -> x.wav)")
     if not matched:
@@ -463,7 +474,8 @@ def configure_validate_metadata(parser: argparse.ArgumentParser):
         "--provided-durations", nargs="?", const=None, default=None, help="the split's own durations TSV, if any"
     )
     parser.add_argument(
-        "--config-json", required=True, help='{"classes": [...], "split": {"labels": ..., "role": ..., ...}}'
+        "--config-json", required=True,
+        help='{"classes": [...], "split": {"labels": ..., "role": ..., ...}, "missing_audio": "drop" (optional)}',
     )
     parser.add_argument("--out", required=True, help="validated copy (same format)")
 
@@ -478,6 +490,7 @@ def configure_validate_metadata(parser: argparse.ArgumentParser):
             provided_durations=args.provided_durations or None,
             scored=split["role"] in SCORED_ROLES,
             max_unmatched_fraction=split.get("max_unmatched_fraction", MAX_UNMATCHED_FRACTION),
+            missing_audio=cfg.get("missing_audio", "error"),
         )
         for warning in result.warnings:
             log.warning(warning)

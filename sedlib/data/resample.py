@@ -24,6 +24,7 @@ import soxr
 from sedlib.data.audio_names import AUDIO_SUFFIXES, is_audio_name, resampled_name
 from sedlib.data.metadata import write_durations
 from sedlib.io import atomic_path
+from sedlib.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +156,11 @@ def resample_folder(src_dir: str | Path, out_dir: str | Path, durations_path: st
     jobs = [(str(src), str(out_dir / name), target_rate) for src, name in zip(sources, names)]
     if threads > 1:
         with ProcessPoolExecutor(max_workers=threads) as pool:
-            results = list(pool.map(_convert_job, jobs, chunksize=max(1, len(jobs) // (8 * threads))))
+            chunk = max(1, len(jobs) // (8 * threads))
+            done = pool.map(_convert_job, jobs, chunksize=chunk)
+            results = list(Progress(done, f"resample {src_dir}", total=len(jobs)))
     else:
-        results = [_convert_job(job) for job in jobs]
+        results = [_convert_job(job) for job in Progress(jobs, f"resample {src_dir}")]
     durations = {name: n / target_rate for name, (n, _) in zip(names, results)}
     write_durations(durations_path, durations)
     n_converted = sum(converted for _, converted in results)

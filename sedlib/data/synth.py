@@ -40,6 +40,7 @@ from scipy.signal import butter, lfilter, oaconvolve, sosfilt
 from sedlib.data.metadata import DURATION_COLUMNS, STRONG_COLUMNS, WEAK_COLUMNS
 from sedlib.data.resample import to_pcm16
 from sedlib.io import atomic_path, remove_stale_temporaries, sha256_json, write_json
+from sedlib.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -554,9 +555,9 @@ def synthesize_dataset(dataset: dict, seed: int, root: str | Path, threads: int 
                 jobs.append(ClipJob(seed, split, index, domain, classes, params, str(path)))
         if threads > 1:
             with ProcessPoolExecutor(max_workers=threads) as pool:
-                results = list(pool.map(_write_clip, jobs, chunksize=8))
+                results = list(Progress(pool.map(_write_clip, jobs, chunksize=8), "synthesize", total=len(jobs)))
         else:
-            results = [_write_clip(job) for job in jobs]
+            results = [_write_clip(job) for job in Progress(jobs, "synthesize")]
         files = [
             {"path": Path(path).relative_to(tmp).as_posix(), "bytes": size, "sha256": digest}
             for path, size, digest, _ in results

@@ -27,6 +27,7 @@ from sed_scores_eval import collar_based, intersection_based
 from sed_scores_eval.base_modules.io import read_audio_durations, read_ground_truth_events
 
 from sedlib.config import validate_config
+from sedlib.data.check import listed_clips
 from sedlib.evaluation.fast_psds import DetectionTrees, IntersectionDeltas, PSDSScenario, intersection_deltas, psd_roc
 from sedlib.evaluation.postprocess import (
     Event,
@@ -334,6 +335,17 @@ def data_manifest(splits: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
     }
 
 
+def dropped_clips(splits: Mapping[str, Mapping[str, str]]) -> dict[str, list[str]]:
+    """``{"dataset/split": [clip file names]}``: clips of each split's ``listed`` metadata that its validated
+    metadata lacks (empty lists when nothing was dropped)."""
+    dropped = {}
+    for ref, paths in splits.items():
+        if paths.get("listed"):
+            kept = set(listed_clips(Path(paths["metadata"]), "strong"))
+            dropped[ref] = [clip for clip in listed_clips(Path(paths["listed"]), "strong") if clip not in kept]
+    return dropped
+
+
 # ----------------------------------------------------------------------------- command
 def _evaluate_job(job: tuple[dict, dict, dict, dict]) -> tuple[dict, dict]:
     score, ground_truth, durations, settings = job
@@ -350,8 +362,10 @@ def evaluate_all(
 ) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray, float]]]:
     """The eval_psds.json document and PSD-ROCs (keyed 'iter{i}/{model}/{dataset}/{split}/{scenario}').
 
-    ``inputs``: ``{"splits": {"ds/split": {"metadata": tsv, "durations": tsv}},
-    "scores": [{"iteration": i, "model": name, "split": "ds/split", "dir": score folder}, ...]}``.
+    ``inputs``: ``{"splits": {"ds/split": {"metadata": tsv, "durations": tsv, "listed": tsv}},
+    "scores": [{"iteration": i, "model": name, "split": "ds/split", "dir": score folder}, ...]}``; ``listed``
+    (optional): the split's original metadata, whose clips missing from the validated ``metadata`` were dropped
+    for want of audio (``evaluation.missing_audio: drop``) and are listed under ``missing_audio``.
     """
     start_all = time.perf_counter()
     settings = config["evaluation"]
@@ -390,6 +404,7 @@ def evaluate_all(
             "f1": {**settings["f1"], "offset_collar_seconds_min": settings["f1"]["onset_collar"]},
             "psds_eval_thresholds": {"n": settings["psds_eval_thresholds"], "values": "(2k + 1) / (2n), k = 0 .. n - 1"},
         },
+        "missing_audio": {"policy": settings["missing_audio"], "dropped": dropped_clips(inputs["splits"])},
         "results": results,
         "timings": {"total_seconds": round(time.perf_counter() - start_all, 3), "jobs": jobs},
     }

@@ -33,6 +33,7 @@ from sedlib.models.checkpoint import load_sed_model
 from sedlib.models.windowing import predict_clip
 from sedlib.pseudo.ensemble import average_files
 from sedlib.devices import resolve_device
+from sedlib.progress import Progress
 from sedlib.pseudo.store import read_logits, write_logits
 
 log = logging.getLogger(__name__)
@@ -61,10 +62,13 @@ def load_wave(path: str | Path, sample_rate: int) -> np.ndarray:
 
 
 def predict_logits(
-    model: torch.nn.Module, frontends: Frontends, wave: np.ndarray, window_s: float, hop_s: float, device: torch.device
+    model: torch.nn.Module, frontends: Frontends, wave: np.ndarray, window_s: float, hop_s: float, device: torch.device,
+    on_progress: Callable[[float], None] | None = None,
 ) -> np.ndarray:
-    """(C, frames) float32 strong logits of a mono wave (samples,) at the frontends' rate, any length."""
-    logits = predict_clip(model, frontends, torch.from_numpy(np.ascontiguousarray(wave)).to(device), window_s, hop_s)
+    """(C, frames) float32 strong logits of a mono wave (samples,) at the frontends' rate, any length;
+    ``on_progress(seconds)``: see ``predict_clip``."""
+    wave_t = torch.from_numpy(np.ascontiguousarray(wave)).to(device)
+    logits = predict_clip(model, frontends, wave_t, window_s, hop_s, on_progress=on_progress)
     return logits.float().cpu().numpy()
 
 
@@ -118,7 +122,7 @@ def score_model(
     durations = read_split_durations(durations_tsv)
     filenames = sorted(durations)
     logits = []
-    for k, name in enumerate(filenames):
+    for k, name in enumerate(Progress(filenames, f"score {audio_dir}")):
         path = Path(audio_dir) / name
         if not path.is_file():
             raise FileNotFoundError(f"{durations_tsv}: lists {name}, but {path} does not exist")

@@ -27,6 +27,7 @@ import torch
 from sedlib.data.metadata import read_durations
 from sedlib.features.frontends import MelFrontend, build_frontends
 from sedlib.io import atomic_path
+from sedlib.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ def build_feature_cache(
             )
             for (name, fe), tmp in zip(fronts, (crnn_tmp, atst_tmp))
         }
+        progress = Progress(label=f"cache-features {audio_dir}", total=n_rows, unit="clips")
         for length in sorted(set(padded)):
             group = [i for i, p in enumerate(padded) if p == length]
             for first in range(0, len(group), batch_size):
@@ -149,7 +151,9 @@ def build_feature_cache(
                     for name, fe in fronts:
                         mel = fe.mel(wave_batch).numpy()  # (b, n_mels, frames of this padded length)
                         arrays[name][rows, :, : mel.shape[-1]] = mel
+                progress.advance(len(rows))
             log.info("%d clips of %.2f s done", len(group), length / sample_rate)
+        progress.close()
         for array in arrays.values():
             array.flush()
         del arrays

@@ -28,6 +28,7 @@ from sedlib.features.frontends import ATSTFrontend
 from sedlib.io import atomic_path, sha256_file, write_json
 from sedlib.models.atst_frame import ATSTFrame
 from sedlib.models.checkpoint import load_backbone
+from sedlib.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,12 @@ def embed_cache(
     """Fill ``out`` (N, D, T_max' // patch_frames) with the frame embeddings of every cached clip."""
     backbone = backbone.to(device).eval()
     frontend = frontend.to(device)
-    for start, stop, first_embedding in chunk_layout(cache.atst.shape[-1], clip_frames, backbone.patch_frames):
-        rows = np.flatnonzero(cache.n_atst - start >= backbone.patch_frames) if start else np.arange(len(cache))
+    layout = chunk_layout(cache.atst.shape[-1], clip_frames, backbone.patch_frames)
+    # rows of the clips long enough to reach each chunk
+    chunk_rows = [np.flatnonzero(cache.n_atst - start >= backbone.patch_frames) if start else np.arange(len(cache))
+                  for start, _, _ in layout]  # fmt: skip
+    progress = Progress(label="cache-embeddings", total=sum(map(len, chunk_rows)), unit="clip windows")
+    for (start, stop, first_embedding), rows in zip(layout, chunk_rows):
         for first in range(0, len(rows), batch_size):
             batch_rows = rows[first : first + batch_size]
             mel = torch.from_numpy(np.ascontiguousarray(cache.atst[batch_rows, :, start:stop])).to(device)
@@ -68,6 +73,8 @@ def embed_cache(
             out[batch_rows, :, first_embedding : first_embedding + embeddings.shape[-1]] = (
                 embeddings.to(torch.float16).cpu().numpy()
             )
+            progress.advance(len(batch_rows))
+    progress.close()
 
 
 def build_embedding_cache(

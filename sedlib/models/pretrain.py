@@ -1,7 +1,8 @@
 """``pretrain-backbone``: supervised clip tagging of the tiny ATST-Frame, standing in for AudioSet pretraining.
 
 The embedded configuration has no access to the published AudioSet-pretrained ATST-Frame, so the backbone
-is trained here on the ``pretrain`` split (weak labels) with a clip head: mean over the frame embeddings ->
+is trained here on the ``pretrain`` split (weak labels; with own data, a strongly labelled training split,
+whose events give the clip tags) with a clip head: mean over the frame embeddings ->
 Linear -> sigmoid, binary cross-entropy, AdamW. This gives stage 1's frozen embeddings information about
 the sound classes. Inputs are the split's cached ATST mel features, normalised by ``ATSTFrontend``; clips
 longer than 10 s are cropped at a random offset each epoch (evaluated on their first 10 s). A seeded
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sedlib.data.metadata import parse_weak
+from sedlib.data.metadata import STRONG_COLUMNS, parse_strong, parse_weak
 from sedlib.features.cache import FeatureCache, open_feature_cache
 from sedlib.devices import resolve_device
 from sedlib.features.frontends import ATSTFrontend
@@ -31,18 +32,34 @@ from sedlib.models.checkpoint import save_backbone
 log = logging.getLogger(__name__)
 
 
-def read_weak_targets(metadata: Path, cache: FeatureCache) -> tuple[np.ndarray, list[str]]:
-    """((N, C) float32 targets in feature-cache row order, sorted class names) from a weak metadata TSV."""
-    labels = {row.filename: row.labels for row in parse_weak(metadata)}
+def clip_tags(metadata: Path) -> dict[str, set[str]]:
+    """Class names present in each clip of a weak or strong metadata TSV (told apart by the header)."""
+    with open(metadata, encoding="utf-8") as f:
+        header = f.readline().strip()
+    if header != "\t".join(STRONG_COLUMNS):
+        return {row.filename: set(row.labels) for row in parse_weak(metadata)}
+    tags: dict[str, set[str]] = {}
+    for row in parse_strong(metadata):
+        tags.setdefault(row.filename, set()).update([row.label] if row.label else [])
+    return tags
+
+
+def read_weak_targets(metadata: Path, cache: FeatureCache) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """((N, C) float32 targets in feature-cache row order, sorted class names, rows that have labels) from a weak
+    or strong TSV. Cached clips without labels (a training split's audio that validation left out) are skipped."""
+    labels = clip_tags(metadata)
     missing = [name for name in cache.filenames if name not in labels]
+    if len(missing) == len(cache):
+        raise ValueError(f"{metadata}: no labels for any of the {len(cache)} cached clips, e.g. {missing[:3]}")
     if missing:
-        raise ValueError(f"{metadata}: no labels for {len(missing)} cached clips, e.g. {missing[:3]}")
+        log.warning("%s: no labels for %d cached clips (left out), e.g. %s", metadata, len(missing), missing[:3])
     classes = sorted({label for names in labels.values() for label in names})
     index = {name: i for i, name in enumerate(classes)}
     targets = np.zeros((len(cache), len(classes)), dtype=np.float32)
-    for row, filename in enumerate(cache.filenames):
-        targets[row, [index[label] for label in labels[filename]]] = 1.0
-    return targets, classes
+    rows = np.array([row for row, filename in enumerate(cache.filenames) if filename in labels], dtype=np.int64)
+    for row in rows:
+        targets[row, [index[label] for label in labels[cache.filenames[row]]]] = 1.0
+    return targets, classes, rows
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
@@ -109,17 +126,17 @@ def pretrain_backbone(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     cache = open_feature_cache(features_dir)
-    targets, classes = read_weak_targets(metadata, cache)
+    targets, classes, labelled = read_weak_targets(metadata, cache)
     frontend = ATSTFrontend(atst_cfg)
     backbone = ATSTFrame.from_config(backbone_cfg, atst_cfg["n_mels"])
     model = ClipTagger(backbone, len(classes)).to(device)
     clip_frames = frontend.n_frames(int(round(clip_seconds * frontend.sample_rate)))
     data = TaggingData(cache, targets, frontend, clip_frames, backbone.patch_frames)
-    order = torch.randperm(len(cache), generator=generator).numpy()
-    n_val = int(round(val_fraction * len(cache)))
+    order = labelled[torch.randperm(len(labelled), generator=generator).numpy()]
+    n_val = int(round(val_fraction * len(labelled)))
     val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
     if len(train_rows) == 0:
-        raise ValueError(f"{features_dir}: too few clips ({len(cache)}) to hold out {val_fraction:.0%} and train")
+        raise ValueError(f"{features_dir}: too few clips ({len(labelled)}) to hold out {val_fraction:.0%} and train")
     hp = backbone_cfg["pretrain"]
     batch_size = hp["batch_size"]
     def measure() -> dict:
@@ -158,7 +175,7 @@ def pretrain_backbone(
 def configure_pretrain_backbone(parser: argparse.ArgumentParser):
     parser.add_argument("--features-dir", required=True, type=Path, help="feature cache of the pretrain split")
     parser.add_argument("--metadata", required=True, type=Path,
-                        help="weak labels of the pretrain split (filename event_labels)")
+                        help="labels of the pretrain split: weak (filename event_labels) or strong")
     parser.add_argument("--out", required=True, type=Path, help="backbone file to write (results/backbone/backbone.pt)")
     parser.add_argument("--config-json", required=True,
                         help='{"backbone": model.backbone, "atst_frontend": frontends.atst, '

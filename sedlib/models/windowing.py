@@ -11,6 +11,8 @@ averaged; the result is trimmed to the clip's true frame count, ``sedlib.data.la
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from sedlib.data.labels import n_output_frames
@@ -25,12 +27,13 @@ def window_layout(n_samples: int, window: int, hop: int) -> int:
 
 @torch.inference_mode()
 def predict_clip(model, frontends, wave: torch.Tensor, window_s: float = 10.0, hop_s: float = 5.0,
-                 batch_size: int = 8) -> torch.Tensor:
+                 batch_size: int = 8, on_progress: Callable[[float], None] | None = None) -> torch.Tensor:
     """(C, frames) strong logits of a mono waveform ``wave`` (samples,) at the frontends' sample rate.
 
     ``model``: a CRNN in eval mode (``forward(crnn_feats, atst_feats=...) -> SEDOutput``, ``time_pooling``);
     ``frontends``: ``sedlib.features.frontends.Frontends``. Windows are computed ``batch_size`` at a time on
-    ``wave``'s device.
+    ``wave``'s device. ``on_progress(seconds)``, if given, is called after each batch with the seconds of
+    ``wave`` newly covered (they add up to its duration).
     """
     if wave.ndim != 1 or wave.numel() == 0:
         raise ValueError(f"expected a non-empty mono waveform (samples,), got shape {tuple(wave.shape)}")
@@ -44,6 +47,7 @@ def predict_clip(model, frontends, wave: torch.Tensor, window_s: float = 10.0, h
     padded = torch.nn.functional.pad(wave, (0, (n_windows - 1) * hop + window - n_samples))
     windows = padded.unfold(0, window, hop)  # (n_windows, window)
     logits_sum = counts = None
+    covered = 0
     for first in range(0, n_windows, batch_size):
         batch = windows[first : first + batch_size]
         logits = model(frontends.crnn(batch), atst_feats=frontends.atst(batch)).strong_logits  # (b, C, F)
@@ -56,5 +60,9 @@ def predict_clip(model, frontends, wave: torch.Tensor, window_s: float = 10.0, h
             start = k * hop_frames
             logits_sum[:, start : start + window_frames] += window_logits
             counts[start : start + window_frames] += 1
+        if on_progress is not None:
+            end = min(n_samples, (first + len(batch) - 1) * hop + window)
+            on_progress((end - covered) / sample_rate)
+            covered = end
     n_frames = n_output_frames(n_samples / sample_rate, mel_hop, sample_rate, model.time_pooling)
     return (logits_sum / counts)[:, :n_frames]

@@ -35,6 +35,7 @@ from sedlib.io import sha256_file
 from sedlib.models.checkpoint import load_sed_model
 from sedlib.models.crnn import CRNN
 from sedlib.devices import resolve_device
+from sedlib.progress import Progress
 from sedlib.pseudo.store import write_logits
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def predict_logits(
     t_max = max([win_out, *(s + win_out for _, s in jobs)])
     total = np.zeros((len(n_frames), model.n_classes, t_max), dtype=np.float64)
     count = np.zeros((len(n_frames), 1, t_max), dtype=np.float64)
+    progress = Progress(label="predict-logits", total=len(jobs), unit="windows")
     for first in range(0, len(jobs), batch_size):
         batch = jobs[first : first + batch_size]
         crnn = np.stack([_window(crnn_mel[i], s // grid_out * grid_crnn, win_crnn) for i, s in batch])
@@ -107,6 +109,8 @@ def predict_logits(
         for (i, s), clip_logits in zip(batch, logits):
             total[i, :, s : s + win_out] += clip_logits
             count[i, :, s : s + win_out] += 1.0
+        progress.advance(len(batch))
+    progress.close()
     out_width = max(win_out, int(n_frames.max(initial=0)))
     mean = total[:, :, :out_width] / np.maximum(count[:, :, :out_width], 1.0)
     valid = np.arange(out_width) < np.asarray(n_frames)[:, None, None]

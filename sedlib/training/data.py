@@ -1,8 +1,10 @@
 """Training and validation data from the feature caches: grouped batches in the ATST-SED layout.
 
-Batch layout. One training batch holds fixed numbers of clips from each group, concatenated in the ATST-SED
-order ``[strong_real, synthetic, weak, unlabeled]`` (``training.stageN.batch_sizes``; a group is every split of
-that role). Each group has its own random order per epoch; an epoch ends when the first group runs out:
+Batch layout. One training batch holds fixed numbers of clips from each group, concatenated in the order
+``[strong_real, synthetic, strong, weak, unlabeled]`` (``training.stageN.batch_sizes``; a group is every split
+of that role; ATST-SED's order with the generic ``strong`` group after DESED's two strong groups; groups
+without a split are absent). Each group has its own random order per epoch; an epoch ends when the first group
+runs out:
 ``epoch_batches = min(len_g // batch_g)`` over groups with ``batch_g > 0`` (optionally capped by
 ``max_steps_per_epoch``), as the published ``ConcatDatasetBatchSampler``. With several processes (DDP) every
 rank draws the same orders and takes every ``world_size``-th batch.
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sedlib.config import TRAIN_ROLES
+from sedlib.config import STRONG_ROLES, TRAIN_ROLES
 from sedlib.data.labels import encode_strong, encode_weak
 from sedlib.data.metadata import events_by_file, read_strong, read_weak
 from sedlib.features.cache import FeatureCache, open_feature_cache
@@ -302,10 +304,11 @@ def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 
 
 def batch_groups(batch_sizes: dict[str, int]) -> dict[str, slice]:
-    """Rows of each group in a training batch, ATST-SED order; ``strong`` = strong_real + synthetic."""
-    bounds = np.cumsum([0] + [batch_sizes[role] for role in TRAIN_ROLES])
+    """Rows of each group in a training batch (TRAIN_ROLES order; absent groups: empty slices), plus
+    ``strong_all``: the rows of every strongly labelled group (strong_real + synthetic + strong)."""
+    bounds = np.cumsum([0] + [batch_sizes.get(role, 0) for role in TRAIN_ROLES])
     groups = {role: slice(int(bounds[i]), int(bounds[i + 1])) for i, role in enumerate(TRAIN_ROLES)}
-    groups["strong"] = slice(groups["strong_real"].start, groups["synthetic"].stop)
+    groups["strong_all"] = slice(groups[STRONG_ROLES[0]].start, groups[STRONG_ROLES[-1]].stop)
     return groups
 
 
@@ -320,7 +323,7 @@ class ValidationSet:
 
 
 class TrainingData(L.LightningDataModule):
-    """The four training groups and the validation sets of a run, with their loaders.
+    """The training groups (TRAIN_ROLES) and the validation sets of a run, with their loaders.
 
     ``config``: the run configuration (see sedlib.training.run); ``splits``: every training and
     validation split's inputs; ``use_embeddings``: stage 1; ``distil``: pseudo-labels are read.
@@ -333,12 +336,18 @@ class TrainingData(L.LightningDataModule):
         self.num_workers = int(config["training"]["num_workers"])
         self.classes = list(config["classes"])
         self.geometry = Geometry.from_config(config)
-        self.batch_sizes = [int(self.stage_cfg["batch_sizes"][role]) for role in TRAIN_ROLES]
-        self.groups: list[list[SplitClips]] = []
-        for role, size in zip(TRAIN_ROLES, self.batch_sizes):
+        sizes = self.stage_cfg["batch_sizes"]
+        self.batch_sizes, self.groups = [], []  # of the groups present (with a split), in batch order
+        for role in TRAIN_ROLES:
             members = [s for s in splits if s.role == role]
-            if size > 0 and not members:
-                raise ValueError(f"training.stageN.batch_sizes.{role} = {size} but no split has role '{role}'")
+            if sizes.get(role, 0) > 0 and not members:
+                raise ValueError(f"training.stageN.batch_sizes.{role} = {sizes[role]} but no split has role '{role}'")
+            if not members:
+                continue
+            if role not in sizes:
+                names = [s.name for s in members]
+                raise ValueError(f"training.stageN.batch_sizes: no size for group '{role}' (splits {names})")
+            self.batch_sizes.append(int(sizes[role]))
             self.groups.append([load_split(s, self.classes, self.geometry, "train", use_embeddings, distil) for s in members])
         self.train_set = ClipDataset([part for group in self.groups for part in group])
         self.validation: list[ValidationSet] = []

@@ -9,7 +9,10 @@ Output folder (``stage_dir`` in rules/common.smk):
   killed job keeps them and its re-run resumes from ``last.ckpt`` (same epoch, step, optimizer, scheduler,
   EMA teacher, random states). A run whose settings or inputs changed starts afresh (old checkpoints removed);
   a finished run removes its checkpoints after the export, so a forced re-run (``--forcerun``) trains anew;
-- ``logs/version_N/metrics.csv``: Lightning's per-step CSV log (one version per (re)start).
+- ``logs/version_N/metrics.csv``: Lightning's per-step CSV log (one version per (re)start);
+- ``tensorboard/``: the same scalars for TensorBoard (every loss term, learning rates, validation metrics; one
+  run directory per iteration / stage / member: ``tensorboard --logdir results/``). A resumed run appends to it;
+  a run that starts afresh clears it.
 
 Run configuration (``--config-json``, built by rules/train.smk): ``stage`` (1 | 2), ``member``
 ({name, seed}), ``audio``, ``frontends``, ``model`` (workflow config sections), ``training`` (the common
@@ -40,7 +43,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from sedlib.io import sha256_file, sha256_json, write_json, write_text
 from sedlib.models import build_sed_model
@@ -55,6 +58,7 @@ RUN_KEYS = ("stage", "member", "audio", "frontends", "model", "training", "class
 TRAINING_KEYS = ("accelerator", "devices", "strategy", "precision", "accumulate_grad_batches", "num_workers", "stage")
 MODULES = {1: Stage1Module, 2: Stage2Module}
 LAST = "last.ckpt"
+TENSORBOARD = "tensorboard"  # event files under the stage folder
 
 
 def check_run_config(config: dict) -> list[str]:
@@ -195,6 +199,8 @@ def train(
     distil = hp["distillation"]["weight"] > 0 and any(s.pseudo_labels for s in splits)
     run_fingerprint = fingerprint(config, inputs, splits)
     resume = prepare_checkpoints(out_dir / "checkpoints", run_fingerprint)
+    if resume is None:
+        shutil.rmtree(out_dir / TENSORBOARD, ignore_errors=True)
 
     # Resuming reuses the folder on purpose; Lightning would warn that it is not empty.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
@@ -216,7 +222,8 @@ def train(
         accumulate_grad_batches=config["training"]["accumulate_grad_batches"],
         check_val_every_n_epoch=hp["val_every_n_epochs"],
         callbacks=[epoch_log, LastCheckpoint(out_dir / "checkpoints" / LAST), best, *callbacks],
-        logger=CSVLogger(out_dir, name="logs"),
+        logger=[CSVLogger(out_dir, name="logs"),
+                TensorBoardLogger(out_dir, name=TENSORBOARD, version="", default_hp_metric=False)],
         log_every_n_steps=max(1, min(50, data.epoch_batches())),
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # the group sampler shards batches itself

@@ -3,7 +3,7 @@
 Stage 1 trains the CRNN on the frozen transformer's cached frame embeddings with a mean teacher:
 
 - mixup (``mixup_p``, Beta(``mixup_alpha``, ``mixup_alpha``), soft labels) of the CRNN mel only, separately
-  within the strong (strong_real + synthetic), weak and unlabeled groups; embeddings are not mixed and the
+  within the strong (strong_real + synthetic + strong), weak and unlabeled groups; embeddings are not mixed and the
   teacher sees the same (mixed) input as the student, as published;
 - loss = BCE(strong, strong items) + BCE(weak, weak items)
   + w * [MSE(student strong, teacher strong) + MSE(student weak, teacher weak)] over the whole batch,
@@ -119,7 +119,7 @@ class Stage1Module(L.LightningModule):
         frontends = build_frontends(config["frontends"])
         self.crnn_frontend, self.atst_frontend = frontends.crnn, frontends.atst
         self.groups = batch_groups(self.hp["batch_sizes"])
-        self.mix_slices = [self.groups["strong"], self.groups["weak"], self.groups["unlabeled"]]
+        self.mix_slices = [self.groups["strong_all"], self.groups["weak"], self.groups["unlabeled"]]
         self.distil_weight = float(self.hp["distillation"]["weight"]) if distil else 0.0
         self.fingerprint = fingerprint
         self.rng = np.random.default_rng([int(config["member"]["seed"]), self.stage])
@@ -165,7 +165,7 @@ class Stage1Module(L.LightningModule):
     def supervised(self, out: SEDOutput, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """BCE on the strong group's frames + weak_weight x BCE on the weak group's clip labels."""
         loss = out.strong.new_zeros(())
-        strong, weak = self.groups["strong"], self.groups["weak"]
+        strong, weak = self.groups["strong_all"], self.groups["weak"]
         if strong.stop > strong.start:
             loss = loss + losses.bce(out.strong[strong], targets["strong"][strong])
         if weak.stop > weak.start:
@@ -180,7 +180,7 @@ class Stage1Module(L.LightningModule):
     def log_train(self, batch_size: int, **terms: torch.Tensor | float) -> None:
         for name, value in terms.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=True, prog_bar=name == "loss", batch_size=batch_size)
-        for group in self.trainer.optimizers[0].param_groups[:2]:
+        for group in self.trainer.optimizers[0].param_groups[:3]:  # cnn, rnn, top backbone group (stage 2)
             self.log(f"lr/{group['name']}", group["lr"], on_step=True, on_epoch=False, batch_size=batch_size)
 
     # ------------------------------------------------------------------ training
