@@ -1,13 +1,22 @@
-"""``pretrain-backbone``: supervised clip tagging of the tiny ATST-Frame, standing in for AudioSet pretraining.
+"""``pretrain-backbone``: supervised tagging of the tiny ATST-Frame, standing in for AudioSet pretraining.
 
 The embedded configuration has no access to the published AudioSet-pretrained ATST-Frame, so the backbone
-is trained here on the ``pretrain`` split (weak labels; with own data, a strongly labelled training split,
-whose events give the clip tags) with a clip head: mean over the frame embeddings ->
-Linear -> sigmoid, binary cross-entropy, AdamW. This gives stage 1's frozen embeddings information about
-the sound classes. Inputs are the split's cached ATST mel features, normalised by ``ATSTFrontend``; clips
-longer than 10 s are cropped at a random offset each epoch (evaluated on their first 10 s). A seeded
-``val_fraction`` of the clips is held out; macro mAP on train and held-out clips is measured before and after
-training and stored in the backbone file's provenance (``log``) to show that the backbone learned.
+is trained here on the ``pretrain`` split (with own data and no such split: the first labelled training
+split) with a linear head on every frame embedding (40 ms):
+
+- strong labels (``filename onset offset event_label``): frame-level tagging, binary cross-entropy of the
+  frame logits (B, C, T') against the events' frame targets, the stand-in for the AudioSet-*strong*
+  fine-tuning of the DCASE 2024 Task 4 winner's transformers (Schmid et al., "multi-stage training" of
+  frame-level ATST / BEATs / PaSST before SED fine-tuning);
+- weak labels (``filename event_labels``): clip tagging, BCE of the mean frame logit (= the head applied to
+  the mean embedding).
+
+Inputs are the split's cached ATST mel features, normalised by ``ATSTFrontend``; clips longer than 10 s are
+cropped at a random whole-patch offset each epoch (targets shift with the crop; evaluation uses the first
+10 s). A seeded ``val_fraction`` of the clips is held out; clip-level macro mAP (clip score: maximum frame
+probability) on train and held-out clips is measured before and after training and stored in the backbone
+file's provenance (``log``) to show that the backbone learned. AdamW with a cosine decay to 0 over
+``epochs``; the metadata's header decides the mode.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sedlib.data.labels import encode_strong
 from sedlib.data.metadata import STRONG_COLUMNS, parse_strong, parse_weak
 from sedlib.features.cache import FeatureCache, open_feature_cache
 from sedlib.devices import resolve_device
@@ -32,34 +42,42 @@ from sedlib.models.checkpoint import save_backbone
 log = logging.getLogger(__name__)
 
 
-def clip_tags(metadata: Path) -> dict[str, set[str]]:
-    """Class names present in each clip of a weak or strong metadata TSV (told apart by the header)."""
-    with open(metadata, encoding="utf-8") as f:
-        header = f.readline().strip()
-    if header != "\t".join(STRONG_COLUMNS):
-        return {row.filename: set(row.labels) for row in parse_weak(metadata)}
-    tags: dict[str, set[str]] = {}
-    for row in parse_strong(metadata):
-        tags.setdefault(row.filename, set()).update([row.label] if row.label else [])
-    return tags
+def read_targets(
+    metadata: Path, cache: FeatureCache, frame_hop: float, patch_frames: int
+) -> tuple[list[np.ndarray | None], list[str], bool, np.ndarray]:
+    """Per cached clip (row order) its targets, the sorted class names, whether the labels are strong, and the
+    rows that have labels.
 
-
-def read_weak_targets(metadata: Path, cache: FeatureCache) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """((N, C) float32 targets in feature-cache row order, sorted class names, rows that have labels) from a weak
-    or strong TSV. Cached clips without labels (a training split's audio that validation left out) are skipped."""
-    labels = clip_tags(metadata)
+    Strong metadata: (C, n_atst // patch_frames) frame targets on the embedding grid (``frame_hop`` s);
+    weak metadata: (C,) clip targets. The mode is read from the file's header. Cached clips without labels
+    (a training split's audio that metadata validation left out) get None and are skipped, with a warning.
+    """
+    strong = Path(metadata).read_text(encoding="utf-8").split("\n", 1)[0].split("\t") == list(STRONG_COLUMNS)
+    if strong:
+        events: dict[str, list] = {}
+        for row in parse_strong(metadata):
+            events.setdefault(row.filename, [])
+            if row.label is not None:
+                events[row.filename].append((row.onset, row.offset, row.label))
+        labels = {name: {label for _, _, label in evs} for name, evs in events.items()}
+    else:
+        labels = {row.filename: set(row.labels) for row in parse_weak(metadata)}
     missing = [name for name in cache.filenames if name not in labels]
     if len(missing) == len(cache):
         raise ValueError(f"{metadata}: no labels for any of the {len(cache)} cached clips, e.g. {missing[:3]}")
     if missing:
         log.warning("%s: no labels for %d cached clips (left out), e.g. %s", metadata, len(missing), missing[:3])
     classes = sorted({label for names in labels.values() for label in names})
-    index = {name: i for i, name in enumerate(classes)}
-    targets = np.zeros((len(cache), len(classes)), dtype=np.float32)
-    rows = np.array([row for row, filename in enumerate(cache.filenames) if filename in labels], dtype=np.int64)
-    for row in rows:
-        targets[row, [index[label] for label in labels[cache.filenames[row]]]] = 1.0
-    return targets, classes, rows
+    targets: list[np.ndarray | None] = []
+    for row, filename in enumerate(cache.filenames):
+        if filename not in labels:
+            targets.append(None)
+        elif strong:
+            targets.append(encode_strong(events[filename], classes, int(cache.n_atst[row]) // patch_frames, frame_hop))
+        else:
+            targets.append(np.isin(classes, sorted(labels[filename])).astype(np.float32))
+    labelled = np.array([row for row, target in enumerate(targets) if target is not None], dtype=np.int64)
+    return targets, classes, strong, labelled
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
@@ -75,8 +93,8 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean(aps)) if aps else float("nan")
 
 
-class ClipTagger(nn.Module):
-    """ATST-Frame + clip head: mean over frames -> Linear -> logits (B, C)."""
+class FrameTagger(nn.Module):
+    """ATST-Frame + a linear head on every frame embedding: (B, n_mels, T) -> logits (B, C, T // patch_frames)."""
 
     def __init__(self, backbone: ATSTFrame, n_classes: int):
         super().__init__()
@@ -84,37 +102,59 @@ class ClipTagger(nn.Module):
         self.head = nn.Linear(backbone.embed_dim, n_classes)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(feats).mean(dim=-1))
+        return self.head(self.backbone(feats).transpose(1, 2)).transpose(1, 2)
 
 
 class TaggingData:
-    """Normalised 10 s crops of the cached ATST mel features, with their clip targets."""
+    """Normalised 10 s crops of the cached ATST mel features, with their clip or frame targets."""
 
-    def __init__(
-        self, cache: FeatureCache, targets: np.ndarray, frontend: ATSTFrontend, clip_frames: int, patch_frames: int
-    ):
-        self.cache, self.targets, self.frontend = cache, torch.from_numpy(targets), frontend
+    def __init__(self, cache: FeatureCache, targets: list[np.ndarray], strong: bool, frontend: ATSTFrontend,
+                 clip_frames: int, patch_frames: int):  # fmt: skip
+        self.cache, self.targets, self.strong, self.frontend = cache, targets, strong, frontend
         self.clip_frames, self.patch_frames = clip_frames, patch_frames
 
     def batch(self, rows: np.ndarray, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (b, n_mels, clip_frames) cropped at a random whole-patch offset (offset 0 without generator)."""
-        crops = []
+        """Features (b, n_mels, clip_frames) cropped at a random whole-patch offset (offset 0 without generator),
+        targets (b, C) or (b, C, clip_frames // patch_frames) cut at the same offset."""
+        crops, targets = [], []
+        n_patches = self.clip_frames // self.patch_frames
         for row in rows:
             spare = max(0, int(self.cache.n_atst[row]) - self.clip_frames) // self.patch_frames
             offset = 0
             if generator is not None and spare:
-                offset = self.patch_frames * int(torch.randint(spare + 1, (1,), generator=generator))
-            crops.append(self.cache.atst[row, :, offset : offset + self.clip_frames])
+                offset = int(torch.randint(spare + 1, (1,), generator=generator))
+            start = offset * self.patch_frames
+            crops.append(self.cache.atst[row, :, start : start + self.clip_frames])
+            target = self.targets[row]
+            if self.strong:
+                target = target[:, offset : offset + n_patches]
+                target = np.pad(target, ((0, 0), (0, n_patches - target.shape[1])))
+            targets.append(target)
         feats = torch.from_numpy(np.stack(crops).astype(np.float32, copy=False))
-        return self.frontend.normalize(feats), self.targets[rows]
+        return self.frontend.normalize(feats), torch.from_numpy(np.stack(targets))
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Frame BCE (strong) or BCE of the mean frame logit (weak); frames past a short clip's end count as
+        event-free, as its zero-padded input is."""
+        if self.strong:
+            return nn.functional.binary_cross_entropy_with_logits(logits[..., : targets.shape[-1]], targets)
+        return nn.functional.binary_cross_entropy_with_logits(logits.mean(dim=-1), targets)
+
+    def clip_targets(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), C) clip-level targets (strong: any active frame)."""
+        return np.stack([self.targets[r].max(axis=-1) if self.strong else self.targets[r] for r in rows])
 
 
 @torch.inference_mode()
-def evaluate(model: ClipTagger, data: TaggingData, rows: np.ndarray, batch_size: int, device: torch.device | str) -> float:
+def evaluate(model: FrameTagger, data: TaggingData, rows: np.ndarray, batch_size: int, device: torch.device | str) -> float:
+    """Clip-level macro mAP of ``rows``: clip score = maximum frame probability (strong) or the probability of
+    the mean frame logit (weak), first 10 s of each clip."""
     model.eval()
-    scores = [torch.sigmoid(model(data.batch(rows[i : i + batch_size], None)[0].to(device))).cpu()
-              for i in range(0, len(rows), batch_size)]
-    return mean_average_precision(torch.cat(scores).numpy(), data.targets[rows].numpy())
+    scores = []
+    for i in range(0, len(rows), batch_size):
+        logits = model(data.batch(rows[i : i + batch_size], None)[0].to(device)).cpu()
+        scores.append(torch.sigmoid(logits.amax(dim=-1) if data.strong else logits.mean(dim=-1)))
+    return mean_average_precision(torch.cat(scores).numpy(), data.clip_targets(rows))
 
 
 def pretrain_backbone(
@@ -126,12 +166,13 @@ def pretrain_backbone(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     cache = open_feature_cache(features_dir)
-    targets, classes, labelled = read_weak_targets(metadata, cache)
     frontend = ATSTFrontend(atst_cfg)
     backbone = ATSTFrame.from_config(backbone_cfg, atst_cfg["n_mels"])
-    model = ClipTagger(backbone, len(classes)).to(device)
+    frame_hop = atst_cfg["hop_length"] * backbone.patch_frames / atst_cfg["sample_rate"]
+    targets, classes, strong, labelled = read_targets(metadata, cache, frame_hop, backbone.patch_frames)
+    model = FrameTagger(backbone, len(classes)).to(device)
     clip_frames = frontend.n_frames(int(round(clip_seconds * frontend.sample_rate)))
-    data = TaggingData(cache, targets, frontend, clip_frames, backbone.patch_frames)
+    data = TaggingData(cache, targets, strong, frontend, clip_frames, backbone.patch_frames)
     order = labelled[torch.randperm(len(labelled), generator=generator).numpy()]
     n_val = int(round(val_fraction * len(labelled)))
     val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
@@ -146,7 +187,8 @@ def pretrain_backbone(
     before = measure()
     log.info("before: train mAP %.3f, held-out mAP %.3f", before["train_map"], before["val_map"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"])
-    loss_fn = nn.BCEWithLogitsLoss()
+    steps = hp["epochs"] * -(-len(train_rows) // batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + np.cos(np.pi * step / steps)))
     epochs = []
     for epoch in range(hp["epochs"]):
         model.train()
@@ -154,10 +196,11 @@ def pretrain_backbone(
         losses = []
         for first in range(0, len(permutation), batch_size):
             feats, batch_targets = data.batch(permutation[first : first + batch_size], generator)
-            loss = loss_fn(model(feats.to(device)), batch_targets.to(device))
+            loss = data.loss(model(feats.to(device)), batch_targets.to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            scheduler.step()
             losses.append(loss.item())
         val_map = evaluate(model, data, val_rows, batch_size, device)
         epochs.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_map": val_map})
@@ -165,7 +208,7 @@ def pretrain_backbone(
     after = measure()
     log.info("after: train mAP %.3f, held-out mAP %.3f", after["train_map"], after["val_map"])
     training_log = {"before": before, "after": after, "epochs": epochs, "classes": classes,
-                    "n_train": len(train_rows), "n_val": len(val_rows), "seconds": time.perf_counter() - started}
+                    "labels": "strong" if strong else "weak", "n_train": len(train_rows), "n_val": len(val_rows), "seconds": time.perf_counter() - started}
     provenance = {"source": "pretrain", "features_dir": str(features_dir), "metadata": str(metadata), "seed": seed,
                   "pretrain": hp, "log": training_log}
     save_backbone(out, backbone.cpu(), provenance)
@@ -175,7 +218,7 @@ def pretrain_backbone(
 def configure_pretrain_backbone(parser: argparse.ArgumentParser):
     parser.add_argument("--features-dir", required=True, type=Path, help="feature cache of the pretrain split")
     parser.add_argument("--metadata", required=True, type=Path,
-                        help="labels of the pretrain split: weak (filename event_labels) or strong")
+                        help="labels of the pretrain split: strong (frame tagging) or weak (clip tagging), DESED TSV")
     parser.add_argument("--out", required=True, type=Path, help="backbone file to write (results/backbone/backbone.pt)")
     parser.add_argument("--config-json", required=True,
                         help='{"backbone": model.backbone, "atst_frontend": frontends.atst, '
