@@ -18,7 +18,7 @@ rule score_model:
         audio=lambda w: resampled_dir(w.dataset, w.split),
         which=lambda w: member_of_model(w.model)[1],
         device=config["training"]["accelerator"],
-    threads: 2
+    threads: config["training"]["threads"]
     resources:
         gpu=1,
         mem_mb=4000,
