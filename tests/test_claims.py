@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sedlib.evaluation.claims import procedure_claims
+from sedlib.evaluation.claims import claim_rows, procedure_claims
 from sedlib.evaluation.metrics import confidence_interval
 
 SPLIT = "desed/devtest"
@@ -64,3 +64,12 @@ def test_paired_interval_of_unpaired_or_missing_samples_is_empty():
     claims = procedure_claims(results, {}, ["a"], confidence_interval)
     assert claims[SPLIT]["iter1"]["stage2_vs_stage1"]["a"]["psds2"]["difference_ci95"] == []
     assert "ensemble_vs_best_member" not in claims[SPLIT]["iter1"] and "iteration_last_vs_first" not in claims[SPLIT]
+
+
+def test_claim_rows_flatten_the_document_in_order(claims):
+    rows = claim_rows({SPLIT: claims})
+    assert len(rows) == 2 * (2 + 1) * 2 + 2  # iterations x (members + ensemble) x scenarios + last vs first
+    assert [r[1:3] for r in rows[:3]] == [("iter1 stage2_vs_stage1", "psds1"), ("iter1 stage2_vs_stage1", "psds2"),
+                                          ("iter1 stage2_vs_stage1", "psds1")]
+    assert rows[4][1] == "iter1 ensemble_vs_best_member" and rows[-1][1:3] == ("iteration_last_vs_first", "psds2")
+    assert rows[0][3] is claims["iter1"]["stage2_vs_stage1"]["a"]["psds1"]

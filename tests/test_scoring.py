@@ -142,5 +142,7 @@ def test_evaluation_rules_end_to_end(tmp_path, copy_workflow, shared_data, rando
     assert entry["psds2"]["value"] == doc["results"]["iter1"]["seed1_teacher"]["desed/devtest"]["psds2"]["value"]
     for name in ("psd_roc_comparison.png", "psd_roc/iter1/ensemble.png", "activity/01.png", "metrics_table.html"):
         assert (root / "results/plots" / name).stat().st_size > 1000
+    table = (root / "results/plots/metrics_table.html").read_text()
+    assert "Claims" in table and "iter1/seed1_stage1_teacher" in table
     report = (root / "results/report.html").read_text()
     assert "metrics_table.html" in report and "psd_roc_comparison.png" in report

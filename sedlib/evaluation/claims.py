@@ -54,8 +54,9 @@ def procedure_claims(
     def scored(iteration: str, model: str, split: str) -> bool:
         return split in results.get(iteration, {}).get(model, {})
 
-    def claim(split: str, a: tuple[str, str], b: tuple[str, str]) -> dict[str, Any]:
-        return {sc: compare(results, bootstrap, split, a, b, sc, confidence_interval) for sc in SCENARIOS}
+    def claim(split: str, a: tuple[str, str], b: Callable[[str], tuple[str, str]]) -> dict[str, Any]:
+        """{scenario: a >= b(scenario)}."""
+        return {sc: compare(results, bootstrap, split, a, b(sc), sc, confidence_interval) for sc in SCENARIOS}
 
     for split in splits:
         per_split: dict[str, Any] = {}
@@ -63,20 +64,33 @@ def procedure_claims(
             stage2 = {m: next((f"{m}_{n}" for n in ("teacher", "student") if scored(it, f"{m}_{n}", split)), None)
                       for m in members}
             entry: dict[str, Any] = {"stage2_vs_stage1": {
-                m: claim(split, (it, stage2[m]), (it, m + STAGE1))
+                m: claim(split, (it, stage2[m]), lambda sc: (it, m + STAGE1))
                 for m in members if stage2[m] and scored(it, m + STAGE1, split)
             }}
             singles = [model for m in members for model in (f"{m}_teacher", f"{m}_student") if scored(it, model, split)]
             if scored(it, "ensemble", split) and singles:
-                entry["ensemble_vs_best_member"] = {
-                    sc: compare(results, bootstrap, split, (it, "ensemble"),
-                                (it, max(singles, key=lambda model: results[it][model][split][sc]["value"])),
-                                sc, confidence_interval)
-                    for sc in SCENARIOS
-                }
+                entry["ensemble_vs_best_member"] = claim(
+                    split, (it, "ensemble"),
+                    lambda sc: (it, max(singles, key=lambda model: results[it][model][split][sc]["value"])),
+                )
             per_split[it] = entry
         first, last = iterations[0], iterations[-1]
         if last != first and scored(first, "ensemble", split) and scored(last, "ensemble", split):
-            per_split["iteration_last_vs_first"] = claim(split, (last, "ensemble"), (first, "ensemble"))
+            per_split["iteration_last_vs_first"] = claim(split, (last, "ensemble"), lambda sc: (first, "ensemble"))
         claims[split] = per_split
     return claims
+
+
+def claim_rows(claims: Mapping[str, Any]) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(split, claim name, scenario, claim) of a ``procedure_claims`` document, in its order (for tables)."""
+    rows = []
+    for split, per_split in claims.items():
+        for key, value in per_split.items():
+            if key == "iteration_last_vs_first":
+                rows += [(split, key, sc, c) for sc, c in value.items()]
+                continue
+            rows += [(split, f"{key} stage2_vs_stage1", sc, c) for by_scenario in value["stage2_vs_stage1"].values()
+                     for sc, c in by_scenario.items()]
+            rows += [(split, f"{key} ensemble_vs_best_member", sc, c)
+                     for sc, c in value.get("ensemble_vs_best_member", {}).items()]
+    return rows
