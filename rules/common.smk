@@ -349,6 +349,12 @@ def parse_model_name(model):
     return member, 1 if stage == ["stage1"] else 2, network
 
 
+def scored_model_file(iteration, model):
+    """model.pt that score_model predicts with for a member's model name (parse_model_name)."""
+    member, stage, _ = parse_model_name(model)
+    return model_file(iteration, stage, member)
+
+
 def evaluated_models():
     """(iteration, model, dataset, split) of every score folder that eval_psds.json reports, in report order."""
     return [(i, m, d, s) for i in iterations() for m in eval_model_names() for d, s in eval_splits()]

@@ -7,7 +7,7 @@
 
 rule score_model:
     input:
-        model=lambda w: model_file(w.iteration, parse_model_name(w.model)[1], parse_model_name(w.model)[0]),
+        model=lambda w: scored_model_file(w.iteration, w.model),
         durations=lambda w: durations_file(w.dataset, w.split),
     output:
         logits=eval_logits_file("{iteration}", "{model}", "{dataset}", "{split}"),
