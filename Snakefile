@@ -1,6 +1,8 @@
 # sedlib: sound event detection, ATST-SED + multi-iteration multi-stage fine-tuning, as one DAG.
 #
-#   snakemake --cores 8 --resources gpu=1 results/eval_psds.json
+#   snakemake results/eval_psds.json --cores 8 --resources gpu=1
+#
+# Targets go before --resources (it takes several values and would swallow a target after it), or end it with --.
 #
 # The configuration is validated against sedlib/schemas/config.schema.yaml when the DAG is built.
 from snakemake.utils import min_version

@@ -222,10 +222,13 @@ def eval_splits():
 
 
 def eval_model_names():
-    """Model names scored in every iteration: '{member}_{teacher|student}' and 'ensemble'."""
+    """Model names scored in every iteration, per member '{member}_stage1_teacher' (the stage-1 teacher) and
+    '{member}_{teacher|student}' (stage 2, evaluation.models), then 'ensemble' (of the stage-2 teachers)."""
     which = config["evaluation"]["models"]
     roles = ["teacher", "student"] if which == "teacher_and_student" else [which]
-    return [f"{m}_{r}" for m in member_names() for r in roles] + ["ensemble"]
+    return [name for m in member_names() for name in [f"{m}_stage1_teacher", *(f"{m}_{r}" for r in roles)]] + [
+        "ensemble"
+    ]
 
 
 def score_dir(iteration, model, dataset, split):
@@ -340,10 +343,16 @@ def train_gpus():
 
 
 # ----------------------------------------------------------------------------- evaluate rules' inputs and params
-def member_of_model(model):
-    """'{member}_{teacher|student}' -> (member, network)."""
-    member, network = model.rsplit("_", 1)
-    return member, network
+def parse_model_name(model):
+    """'{member}_{teacher|student}' -> (member, 2, network); '{member}_stage1_{network}' -> (member, 1, network)."""
+    member, *stage, network = model.split("_")
+    return member, 1 if stage == ["stage1"] else 2, network
+
+
+def scored_model_file(iteration, model):
+    """model.pt that score_model predicts with for a member's model name (parse_model_name)."""
+    member, stage, _ = parse_model_name(model)
+    return model_file(iteration, stage, member)
 
 
 def evaluated_models():

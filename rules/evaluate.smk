@@ -1,24 +1,25 @@
-# Evaluation (docs/evaluation.md): every stage-2 network of every iteration and the ensemble of each iteration
-# score every evaluation split; `evaluate` computes PSDS1/PSDS2 (+ CIs, per class, F1, psds_eval cross-check)
-# into results/eval_psds.json; `plot` draws the PSD-ROC curves, activity plots and the metrics table that
-# `snakemake --report results/report.html` collects (report() flags below).
+# Evaluation (docs/evaluation.md): every stage-2 network and every stage-1 teacher of every iteration and the
+# ensemble of each iteration score every evaluation split; `evaluate` computes PSDS1/PSDS2 (+ CIs, per class,
+# F1, psds_eval cross-check) and the procedure's claims into results/eval_psds.json; `plot` draws the PSD-ROC
+# curves, activity plots and the metrics table that `snakemake --report results/report.html` collects
+# (report() flags below).
 
 
 rule score_model:
     input:
-        model=lambda w: model_file(w.iteration, 2, member_of_model(w.model)[0]),
+        model=lambda w: scored_model_file(w.iteration, w.model),
         durations=lambda w: durations_file(w.dataset, w.split),
     output:
         logits=eval_logits_file("{iteration}", "{model}", "{dataset}", "{split}"),
         scores=directory(score_dir("{iteration}", "{model}", "{dataset}", "{split}")),
     wildcard_constraints:
-        model="|".join(f"{m}_(teacher|student)" for m in member_names()),
+        model="|".join(f"{m}_(stage1_teacher|teacher|student)" for m in member_names()),
     params:
         cfg=as_json({k: config["evaluation"][k] for k in ("window_seconds", "hop_seconds")}),
         audio=lambda w: resampled_dir(w.dataset, w.split),
-        which=lambda w: member_of_model(w.model)[1],
+        which=lambda w: parse_model_name(w.model)[2],
         device=config["training"]["accelerator"],
-    threads: 2
+    threads: config["training"]["threads"]
     resources:
         gpu=1,
         mem_mb=4000,

@@ -55,7 +55,7 @@ if config["model"]["backbone"]["source"] == "pretrain":
                     "seed": config["seed"],
                 }
             ),
-        threads: 2
+        threads: config["training"]["threads"]
         resources:
             gpu=1,
             mem_mb=4000,
@@ -103,7 +103,7 @@ rule cache_embeddings:
     params:
         features=lambda w: feature_dir(w.dataset, w.split),
         cfg=as_json({"atst": config["frontends"]["atst"], "clip_seconds": config["audio"]["clip_seconds"]}),
-    threads: 2
+    threads: config["training"]["threads"]
     resources:
         gpu=1,
         mem_mb=4000,

@@ -20,7 +20,7 @@ rule predict_member_logits:
         cfg=as_json({k: config["pseudo_labels"][k] for k in ("network", "hop_seconds")}),
         features=lambda w: feature_dir(w.dataset, w.split),
         device=config["training"]["accelerator"],
-    threads: 2
+    threads: config["training"]["threads"]
     resources:
         gpu=1,
         mem_mb=4000,

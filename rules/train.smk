@@ -23,7 +23,7 @@ for _stage in (1, 2):
             cfg=lambda w, stage=_stage: train_params(stage, w.member),
             inputs=lambda w, stage=_stage: as_json(train_inputs(w.iteration, stage, w.member)),
             out=lambda w, stage=_stage: stage_dir(w.iteration, stage, w.member),
-        threads: 2
+        threads: config["training"]["threads"]
         resources:
             gpu=train_gpus(),
             mem_mb=8000,

@@ -279,7 +279,8 @@ def test_evaluate_command_writes_the_documented_json(tmp_path, devtest, repo_roo
     assert run(args) == 0
     doc = json.loads(out.read_text())
     assert list(doc) == ["format", "config_sha256", "data_manifest_sha256", "data_manifest", "code_version",
-                         "packages", "methodology", "missing_audio", "results", "timings"]
+                         "packages", "methodology", "missing_audio", "results", "claims", "timings"]
+    assert doc["claims"] == {"desed/devtest": {"iter1": {"stage2_vs_stage1": {}}}}  # no member's models scored
     assert doc["config_sha256"] == sha256_json(config)
     assert doc["missing_audio"] == {"policy": "error", "dropped": {}}
     entry = doc["results"]["iter1"]["m_teacher"]["desed/devtest"]

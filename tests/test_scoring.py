@@ -119,9 +119,10 @@ def test_evaluation_rules_end_to_end(tmp_path, copy_workflow, shared_data, rando
     (split / "durations.tsv").write_text("filename\tduration\n" + "\n".join(durations) + "\n")
     (split / "metadata.tsv").write_text("filename\tonset\toffset\tevent_label\n" + "\n".join(rows) + "\n")
     for member in ("seed1", "seed2"):
-        target = root / f"results/iter1/stage2/{member}/model.pt"
-        target.parent.mkdir(parents=True)
-        shutil.copy(random_model_file, target)
+        for stage in (1, 2):
+            target = root / f"results/iter1/stage{stage}/{member}/model.pt"
+            target.parent.mkdir(parents=True)
+            shutil.copy(random_model_file, target)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     snakemake = [sys.executable, "-m", "snakemake", "--configfile", "test_config.yaml", "--cores", "2"]
     allowed = ["--allowed-rules", "score_model", "score_ensemble", "evaluate", "plot", "all"]
@@ -129,12 +130,19 @@ def test_evaluation_rules_end_to_end(tmp_path, copy_workflow, shared_data, rando
         proc = subprocess.run([*snakemake, *extra], cwd=root, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads((root / "results/eval_psds.json").read_text())
-    assert list(doc["results"]["iter1"]) == ["seed1_teacher", "seed2_teacher", "ensemble"]
+    assert list(doc["results"]["iter1"]) == ["seed1_stage1_teacher", "seed1_teacher", "seed2_stage1_teacher",
+                                             "seed2_teacher", "ensemble"]
+    claims = doc["claims"]["desed/devtest"]["iter1"]
+    assert set(claims["stage2_vs_stage1"]) == {"seed1", "seed2"}  # stage-1 and stage-2 are the same model here
+    assert claims["stage2_vs_stage1"]["seed1"]["psds1"]["difference"] == 0.0
+    assert claims["ensemble_vs_best_member"]["psds2"]["difference_ci95"] == [0.0, 0.0]
     entry = doc["results"]["iter1"]["ensemble"]["desed/devtest"]
     assert entry["clips"] == 12 and 0.0 <= entry["psds1"]["value"] <= 1.0
     # both members are the same random model: the ensemble of identical logits equals each member
     assert entry["psds2"]["value"] == doc["results"]["iter1"]["seed1_teacher"]["desed/devtest"]["psds2"]["value"]
     for name in ("psd_roc_comparison.png", "psd_roc/iter1/ensemble.png", "activity/01.png", "metrics_table.html"):
         assert (root / "results/plots" / name).stat().st_size > 1000
+    table = (root / "results/plots/metrics_table.html").read_text()
+    assert "Claims" in table and "iter1/seed1_stage1_teacher" in table
     report = (root / "results/report.html").read_text()
     assert "metrics_table.html" in report and "psd_roc_comparison.png" in report

@@ -47,7 +47,7 @@ def run_workflow(workdir: Path, override: dict, timeout: int) -> dict:
 
 def check_results(workdir: Path, result: dict) -> None:
     members, iterations = ["seed1", "seed2"], ["1", "2"]
-    expected_models = {f"{m}_{net}" for m in members for net in ("teacher", "student")} | {"ensemble"}
+    expected_models = {f"{m}_{net}" for m in members for net in ("stage1_teacher", "teacher", "student")} | {"ensemble"}
     for iteration in iterations:
         models = result["results"][f"iter{iteration}"]
         assert set(models) == expected_models
@@ -58,6 +58,9 @@ def check_results(workdir: Path, result: dict) -> None:
                     value = metrics[scenario]["value"]
                     low, high = metrics[scenario]["ci95"]
                     assert 0.0 <= low <= high <= 1.0 and 0.0 <= value <= 1.0
+    claims = result["claims"]["desed/eval"]
+    assert set(claims) == {"iter1", "iter2", "iteration_last_vs_first"}
+    assert set(claims["iter2"]["stage2_vs_stage1"]) == set(members) and "ensemble_vs_best_member" in claims["iter2"]
     plots = workdir / "results" / "plots"
     assert (plots / "psd_roc_comparison.png").stat().st_size > 10_000
     assert (workdir / "results" / "iter2" / "stage2" / "seed2" / "model.pt").is_file()

@@ -28,6 +28,7 @@ from sed_scores_eval.base_modules.io import read_audio_durations, read_ground_tr
 
 from sedlib.config import validate_config
 from sedlib.data.check import listed_clips
+from sedlib.evaluation.claims import procedure_claims
 from sedlib.evaluation.fast_psds import DetectionTrees, IntersectionDeltas, PSDSScenario, intersection_deltas, psd_roc
 from sedlib.evaluation.postprocess import (
     Event,
@@ -153,7 +154,8 @@ def psds(
 def bootstrap_psds(deltas: IntersectionDeltas, n: int, seed: int) -> np.ndarray:
     """(n,) PSDS values on clip sets drawn with replacement (as many clips as evaluated, seeded).
 
-    A clip drawn k times counts k times: its events, its detections and its duration.
+    A clip drawn k times counts k times: its events, its detections and its duration. The draws depend only on
+    ``n``, ``seed`` and the sorted clips, so models evaluated on the same split share them (paired samples).
     """
     n_clips = len(deltas.trees.clips)  # sorted clip ids
     rng = np.random.default_rng(seed)
@@ -250,10 +252,11 @@ def evaluate_tables(
     ground_truth: Mapping[str, list[Event]],
     durations: Mapping[str, float],
     settings: Mapping[str, Any],
-) -> tuple[dict[str, Any], dict[str, PSDSResult]]:
+) -> tuple[dict[str, Any], dict[str, PSDSResult], dict[str, np.ndarray]]:
     """Every metric of one model's raw (sigmoid, unfiltered) score tables on one split.
 
-    ``settings`` is the config's ``evaluation`` section. Returns the JSON entry and the PSD-ROCs by scenario.
+    ``settings`` is the config's ``evaluation`` section. Returns the JSON entry, the PSD-ROCs and the (n,)
+    bootstrap PSDS samples by scenario.
     """
     timings: dict[str, float] = {}
     gt, dur = clips_with_events(ground_truth, durations)
@@ -272,7 +275,7 @@ def evaluate_tables(
     with stopwatch(timings, "psds_eval_tables"):
         detections = detection_tables(tables, operating_thresholds(settings["psds_eval_thresholds"]))
     boot = settings["bootstrap"]
-    rocs = {}
+    rocs, bootstrap = {}, {}
     with stopwatch(timings, "psds_detections"):
         trees = DetectionTrees(tables, gt, dur, list(SCENARIOS.values()))
     for name, scenario in SCENARIOS.items():
@@ -291,6 +294,7 @@ def evaluate_tables(
             "psds_eval": cross_check,
         }
         rocs[name] = result
+        bootstrap[name] = samples
     f1 = settings["f1"]
     with stopwatch(timings, "f1"):
         entry["f1"] = {
@@ -298,7 +302,7 @@ def evaluate_tables(
             **collar_f1(tables, gt, f1["threshold"], f1["onset_collar"], f1["offset_collar_rate"]),
         }
     entry["seconds"] = timings
-    return entry, rocs
+    return entry, rocs, bootstrap
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -347,14 +351,14 @@ def dropped_clips(splits: Mapping[str, Mapping[str, str]]) -> dict[str, list[str
 
 
 # ----------------------------------------------------------------------------- command
-def _evaluate_job(job: tuple[dict, dict, dict, dict]) -> tuple[dict, dict]:
+def _evaluate_job(job: tuple[dict, dict, dict, dict]) -> tuple[dict, dict, dict]:
     score, ground_truth, durations, settings = job
     timings: dict[str, float] = {}
     with stopwatch(timings, "read_scores"):
         tables = read_score_dir(score["dir"], clips=sorted(c for c, events in ground_truth.items() if events))
-    entry, rocs = evaluate_tables(tables, ground_truth, durations, settings)
+    entry, rocs, bootstrap = evaluate_tables(tables, ground_truth, durations, settings)
     entry["seconds"] = {**timings, **entry["seconds"]}
-    return entry, {name: (r.etpr, r.efpr, r.value) for name, r in rocs.items()}
+    return entry, {name: (r.etpr, r.efpr, r.value) for name, r in rocs.items()}, bootstrap
 
 
 def evaluate_all(
@@ -381,12 +385,14 @@ def evaluate_all(
         outputs = [_evaluate_job(job) for job in work]
 
     results: dict[str, Any] = {}
-    rocs = {}
-    for score, (entry, entry_rocs) in zip(inputs["scores"], outputs):
+    rocs, bootstrap = {}, {}
+    for score, (entry, entry_rocs, entry_bootstrap) in zip(inputs["scores"], outputs):
         iteration = f"iter{score['iteration']}"
         results.setdefault(iteration, {}).setdefault(score["model"], {})[score["split"]] = entry
         for name, roc in entry_rocs.items():
             rocs[f"{iteration}/{score['model']}/{score['split']}/{name}"] = roc
+            bootstrap[iteration, score["model"], score["split"], name] = entry_bootstrap[name]
+    members = [m["name"] for m in config["training"]["members"]]
     document = {
         "format": FORMAT,
         "config_sha256": sha256_json(config),
@@ -400,12 +406,14 @@ def evaluate_all(
             "median_window_frames": list(settings["median_window"]),
             "clips": "clips with at least one ground-truth event (as the published test)",
             "bootstrap": {**settings["bootstrap"], "method": "percentile, clips drawn with replacement",
-                          "confidence": CONFIDENCE},
+                          "confidence": CONFIDENCE,
+                          "paired": "every model on a split uses the same draws (claims' difference_ci95)"},
             "f1": {**settings["f1"], "offset_collar_seconds_min": settings["f1"]["onset_collar"]},
             "psds_eval_thresholds": {"n": settings["psds_eval_thresholds"], "values": "(2k + 1) / (2n), k = 0 .. n - 1"},
         },
         "missing_audio": {"policy": settings["missing_audio"], "dropped": dropped_clips(inputs["splits"])},
         "results": results,
+        "claims": procedure_claims(results, bootstrap, members, confidence_interval),
         "timings": {"total_seconds": round(time.perf_counter() - start_all, 3), "jobs": jobs},
     }
     return document, rocs

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from sedlib.evaluation.claims import claim_rows  # noqa: E402
 from sedlib.evaluation.metrics import SCENARIOS, clips_with_events, read_durations, read_ground_truth, read_rocs  # noqa: E402
 from sedlib.evaluation.postprocess import Event, class_thresholds, postprocess_tables, read_score_dir, table_classes  # noqa: E402
 from sedlib.io import atomic_path, write_text  # noqa: E402
@@ -122,8 +123,29 @@ def activity_clips(ground_truth: Mapping[str, Sequence[Event]], n: int) -> list[
     return ranked[:n]
 
 
+CLAIM_HEADER = ["split", "claim", "scenario", "a", "a [95 % CI]", "b", "b [95 % CI]", "a - b [95 % CI]", "a >= b"]
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{cells}</tr>{body}</table>"
+
+
+def value_ci(value: float, ci: Sequence[float]) -> str:
+    """'0.1234 [0.1000, 0.1500]' ('-' for a missing interval)."""
+    return f"{value:.4f} " + (f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "-")
+
+
+def claim_row(split: str, name: str, scenario: str, claim: Mapping[str, Any]) -> list[str]:
+    """A row of the claims table (columns CLAIM_HEADER)."""
+    return [split, name, scenario, claim["a"], value_ci(claim["a_value"], claim["a_ci95"]), claim["b"],
+            value_ci(claim["b_value"], claim["b_ci95"]), value_ci(claim["difference"], claim["difference_ci95"]),
+            "yes" if claim["holds"] else "no"]
+
+
 def metrics_table_html(document: Mapping[str, Any]) -> str:
-    """HTML table of eval_psds.json: one row per iteration, model and split."""
+    """HTML tables of eval_psds.json: one row per iteration, model and split; one per claim and scenario."""
     header = ["iteration", "model", "split", "clips"]
     for name in SCENARIOS:
         header += [name.upper(), "95 % CI", f"{name.upper()} (psds_eval)"]
@@ -139,14 +161,13 @@ def metrics_table_html(document: Mapping[str, Any]) -> str:
                             f"{entry[name]['psds_eval']:.4f}"]
                 row.append(f"{entry['f1']['macro']:.4f}")
                 rows.append(row)
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     code = document["code_version"]
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>sedlib metrics</title>"
         "<style>table{border-collapse:collapse;font-family:sans-serif;font-size:13px}"
         "td,th{border:1px solid #aaa;padding:3px 8px;text-align:right}</style></head><body>"
-        f"<table><tr>{cells}</tr>{body}</table>"
+        f"{html_table(header, rows)}<h3>Claims (difference: a - b, paired bootstrap 95 % CI)</h3>"
+        f"{html_table(CLAIM_HEADER, [claim_row(*row) for row in claim_rows(document['claims'])])}"
         f"<p>config sha256 {document['config_sha256'][:16]}, data manifest sha256 "
         f"{document['data_manifest_sha256'][:16]}, code {html.escape(str(code['commit']))}"
         f"{' (dirty)' if code['dirty'] else ''}</p></body></html>\n"
