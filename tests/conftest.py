@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from sedlib.config import load_config
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 # What `snakemake` needs to run the workflow from another folder (results then land in that folder).
@@ -14,6 +16,25 @@ WORKFLOW_PARTS = ("Snakefile", "rules", "envs", "workflow_config.yaml", "docs")
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+def published_geometry(config: dict) -> dict:
+    """``config`` (a loaded workflow config) with the published ATST-SED CRNN input geometry: 128 mels at a 16 ms
+    hop, time pooling 4 (10 s: 626 mel frames -> 156 output frames of 64 ms), with slim widths for speed.
+
+    Tests of frame counts, parity and windowing use it; the embedded default itself feeds the CRNN 32 mels at a
+    64 ms hop (workflow_config.yaml), which gives the same 64 ms output frames.
+    """
+    published = load_config(REPO / "configs" / "desed.yaml")
+    config["frontends"]["crnn"] = published["frontends"]["crnn"]
+    config["model"]["crnn"].update(pooling=published["model"]["crnn"]["pooling"], filters=[4, 8, 12, 16, 16, 16, 16])
+    return config
+
+
+@pytest.fixture()
+def published_config() -> dict:
+    """The embedded workflow config with the published CRNN input geometry (``published_geometry``)."""
+    return published_geometry(load_config(REPO / "workflow_config.yaml"))
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +78,7 @@ def random_model_file(tmp_path_factory) -> Path:
     from sedlib.models import build_sed_model
     from sedlib.models.checkpoint import save_sed_model
 
-    config = load_config(REPO / "workflow_config.yaml")
+    config = published_geometry(load_config(REPO / "workflow_config.yaml"))
     classes = config["datasets"]["desed"]["classes"]
     torch.manual_seed(0)
     student, teacher = build_sed_model(config, len(classes)), build_sed_model(config, len(classes))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sedlib.cli import main as cli_main
+from conftest import published_geometry
 from sedlib.config import load_config
 from sedlib.io import sha256_file
 from sedlib.models import build_sed_model
@@ -129,7 +130,7 @@ def test_backbone_file_round_trip_and_size_check(tmp_path):
 
 @pytest.fixture(scope="module")
 def config(repo_root):
-    return load_config(repo_root / "workflow_config.yaml")
+    return published_geometry(load_config(repo_root / "workflow_config.yaml"))
 
 
 def test_sed_model_file_round_trip(config, tmp_path):

@@ -6,6 +6,7 @@ import scipy.signal
 import soundfile as sf
 import torch
 
+from conftest import published_geometry
 from sedlib.config import load_config
 from sedlib.features.frontends import ATST_DB_MAX, ATST_DB_MIN, build_frontends, frames_per_clip
 
@@ -14,7 +15,7 @@ librosa = pytest.importorskip("librosa")
 
 @pytest.fixture(scope="module")
 def config(repo_root):
-    return load_config(repo_root / "workflow_config.yaml")
+    return published_geometry(load_config(repo_root / "workflow_config.yaml"))
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import published_geometry
 from sedlib.config import load_config
 from sedlib.features.frontends import build_frontends
 from sedlib.models import build_sed_model
@@ -12,7 +13,7 @@ from sedlib.models.crnn import CRNN
 
 @pytest.fixture(scope="module")
 def config(repo_root):
-    return load_config(repo_root / "workflow_config.yaml")
+    return published_geometry(load_config(repo_root / "workflow_config.yaml"))
 
 
 def tiny_backbone(seed=0):

@@ -11,7 +11,7 @@ import soundfile as sf
 import yaml
 
 from sedlib.config import ConfigError, load_config, stage_batch_sizes, validate_config
-from sedlib.models.pretrain import clip_tags, read_weak_targets
+from sedlib.models.pretrain import read_targets
 from sedlib.training.data import batch_groups
 
 from test_workflow_e2e import snakemake
@@ -51,24 +51,34 @@ def test_evaluation_defaults_need_a_test_split():
         validate_config(config)
 
 
-def test_strong_labels_give_the_backbone_clip_tags(tmp_path):
+def test_backbone_targets_from_strong_and_weak_labels(tmp_path):
+    """Strong labels give frame targets on the 40 ms embedding grid, weak labels clip targets; cached clips
+    without labels (audio that metadata validation left out) are skipped."""
     strong = tmp_path / "strong.tsv"
     strong.write_text("filename\tonset\toffset\tevent_label\na.wav\t0.1\t0.5\tknock\na.wav\t1.0\t2.0\tring\n"
                       "b.wav\t\t\t\n")  # fmt: skip
     weak = tmp_path / "weak.tsv"
     weak.write_text("filename\tevent_labels\na.wav\tknock,ring\nb.wav\t\n")
-    assert clip_tags(strong) == clip_tags(weak) == {"a.wav": {"knock", "ring"}, "b.wav": set()}
-    targets, classes, rows = read_weak_targets(strong, FakeCache(["a.wav", "extra.wav", "b.wav"]))
-    assert classes == ["knock", "ring"] and rows.tolist() == [0, 2]  # extra.wav: audio without labels, left out
-    assert targets.tolist() == [[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
+    cache = FakeCache(["a.wav", "extra.wav", "b.wav"])
+    frames, classes, is_strong, rows = read_targets(strong, cache, frame_hop=0.04, patch_frames=4)
+    assert is_strong and classes == ["knock", "ring"] and rows.tolist() == [0, 2] and frames[1] is None
+    assert frames[0].shape == (2, 250) and frames[0][0].nonzero()[0].tolist() == list(range(2, 13))  # 0.08-0.52 s
+    assert frames[0][1].sum() == 25 and not frames[2].any()
+    clips, classes, is_strong, rows = read_targets(weak, cache, frame_hop=0.04, patch_frames=4)
+    assert not is_strong and rows.tolist() == [0, 2]
+    assert clips[0].tolist() == [1.0, 1.0] and clips[2].tolist() == [0.0, 0.0]
 
 
 class FakeCache(list):
-    """What read_weak_targets reads of a feature cache: its clip names and length."""
+    """What read_targets reads of a feature cache: its clip names, length and ATST frame counts (10 s clips)."""
 
     @property
     def filenames(self):
         return list(self)
+
+    @property
+    def n_atst(self):
+        return np.full(len(self), 1001)
 
 
 def write_clip(path: Path, events: list[tuple[float, float, str]], seconds: float, rate: int, rng) -> None:

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from sedlib.cli import main as cli_main
+from conftest import published_geometry
 from sedlib.config import load_config
 from sedlib.io import sha256_file
 from sedlib.pseudo.ensemble import PROB_EPS, average_logits
@@ -186,7 +187,7 @@ def tiny_member(tmp_path_factory, repo_root):
     from sedlib.models.checkpoint import save_sed_model
 
     root = tmp_path_factory.mktemp("member")
-    config = load_config(repo_root / "workflow_config.yaml")
+    config = published_geometry(load_config(repo_root / "workflow_config.yaml"))
     classes = config["datasets"]["desed"]["classes"]
     torch.manual_seed(0)
     student = build_sed_model(config, len(classes))

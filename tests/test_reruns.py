@@ -195,7 +195,10 @@ def test_stage2_hyperparameter_reruns_stage2_and_downstream_only(state):
     # Downstream of every stage-2 model: pseudo-labels, iteration 2 (trained on them), scores, the final metrics.
     assert under(current, "results/iter1/pseudo_labels/") <= todo
     assert under(current, "results/iter2/") <= todo
-    assert under(current, "results/iter1/scores/") <= todo
+    iter1_scores = under(current, "results/iter1/scores/")
+    stage1_scores = {p for p in iter1_scores if "_stage1_" in p}
+    assert stage1_scores and iter1_scores - stage1_scores <= todo
+    assert not stage1_scores & todo, "the scores of iteration 1's stage-1 models do not depend on stage 2"
     assert "results/eval_psds.json" in todo
 
 

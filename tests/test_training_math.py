@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import published_geometry
 from sedlib.config import load_config
 from sedlib.models import build_sed_model
 from sedlib.training import losses
@@ -20,7 +21,7 @@ from sedlib.training.stage1 import optimizer_groups, set_trainable_layers
 
 @pytest.fixture(scope="module")
 def workflow_config(repo_root):
-    return load_config(repo_root / "workflow_config.yaml")
+    return published_geometry(load_config(repo_root / "workflow_config.yaml"))
 
 
 # ----------------------------------------------------------------------------- EMA

@@ -8,6 +8,7 @@ import soundfile as sf
 import soxr
 import torch
 
+from conftest import published_geometry
 from sedlib.config import load_config
 from sedlib.data.labels import n_output_frames
 from sedlib.features.frontends import build_frontends
@@ -87,7 +88,7 @@ def long_recording(shared_data):
 
 
 def test_real_long_recording(repo_root, long_recording):
-    config = load_config(repo_root / "workflow_config.yaml")
+    config = published_geometry(load_config(repo_root / "workflow_config.yaml"))
     torch.manual_seed(0)
     model = build_sed_model(config, 10).eval()
     frontends = build_frontends(config["frontends"])

@@ -47,7 +47,7 @@ def run_workflow(workdir: Path, override: dict, timeout: int) -> dict:
 
 def check_results(workdir: Path, result: dict) -> None:
     members, iterations = ["seed1", "seed2"], ["1", "2"]
-    expected_models = {f"{m}_{net}" for m in members for net in ("stage1_teacher", "teacher", "student")} | {"ensemble"}
+    expected_models = {f"{m}_{net}" for m in members for net in ("stage1_teacher", "teacher")} | {"ensemble"}
     for iteration in iterations:
         models = result["results"][f"iter{iteration}"]
         assert set(models) == expected_models

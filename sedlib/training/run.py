@@ -84,7 +84,7 @@ class LastCheckpoint(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # the full training state (optimizer, loops) for resuming
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
 
