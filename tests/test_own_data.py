@@ -126,7 +126,7 @@ def test_own_data_end_to_end(copy_workflow, tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     print(f"own-data workflow: {time.monotonic() - started:.1f} s")
     result = json.loads((workdir / "results" / "eval_psds.json").read_text())
-    assert set(result["results"]["iter1"]) == {"m1_stage1_teacher", "m1_teacher", "m1_student", "ensemble"}
+    assert set(result["results"]["iter1"]) == {"m1_stage1_teacher", "m1_teacher", "ensemble"}  # evaluation.models: teacher
     for metrics in result["results"]["iter1"].values():
         assert set(metrics) == {"mydata/test"}
         assert 0.0 <= metrics["mydata/test"]["psds1"]["value"] <= 1.0
