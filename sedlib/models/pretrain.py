@@ -52,7 +52,8 @@ def read_targets(
     weak metadata: (C,) clip targets. The mode is read from the file's header. Cached clips without labels
     (a training split's audio that metadata validation left out) get None and are skipped, with a warning.
     """
-    strong = Path(metadata).read_text(encoding="utf-8").split("\n", 1)[0].split("\t") == list(STRONG_COLUMNS)
+    with open(metadata, encoding="utf-8") as f:
+        strong = f.readline().rstrip("\r\n").split("\t") == list(STRONG_COLUMNS)
     if strong:
         events: dict[str, list] = {}
         for row in parse_strong(metadata):
@@ -137,12 +138,13 @@ class TaggingData:
         """Frame BCE (strong) or BCE of the mean frame logit (weak); frames past a short clip's end count as
         event-free, as its zero-padded input is."""
         if self.strong:
-            return nn.functional.binary_cross_entropy_with_logits(logits[..., : targets.shape[-1]], targets)
+            return nn.functional.binary_cross_entropy_with_logits(logits, targets)
         return nn.functional.binary_cross_entropy_with_logits(logits.mean(dim=-1), targets)
 
     def clip_targets(self, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), C) clip-level targets (strong: any active frame)."""
-        return np.stack([self.targets[r].max(axis=-1) if self.strong else self.targets[r] for r in rows])
+        """(len(rows), C) clip-level targets of the first 10 s that ``evaluate`` scores (strong: any active frame)."""
+        n_patches = self.clip_frames // self.patch_frames
+        return np.stack([self.targets[r][:, :n_patches].max(axis=-1) if self.strong else self.targets[r] for r in rows])
 
 
 @torch.inference_mode()
