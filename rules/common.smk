@@ -5,8 +5,8 @@ import json
 import os
 import posixpath
 
-from sedlib.config import (ROLES, SCORED_ROLES, TRAIN_ROLES, split_ref, splits_with_role, stage_batch_sizes,
-                           validate_config)
+from sedlib.config import (ROLES, SCORED_ROLES, TRAIN_ROLES, labelled_classes, output_classes, split_ref,
+                           splits_with_role, stage_batch_sizes, stage_config, validate_config)
 from sedlib.data.manifest import refresh_manifest
 
 # Validated at DAG build time against sedlib/schemas/config.schema.yaml, defaults filled into `config`, plus the
@@ -167,9 +167,11 @@ def embedding_file(dataset, split):
     return f"{R}/embeddings/{dataset}/{split}.npy"
 
 
-def training_splits():
-    """(dataset, split) pairs that training reads: the batch groups and the validation splits."""
-    return splits_with_role(config, *TRAIN_ROLES, "validation")
+def training_splits(stage=None):
+    """(dataset, split) pairs that training reads: the batch groups and the validation splits (of `stage` only:
+    a validation split's `stages` lists the stages that validate on it)."""
+    return [(d, s) for d, s in splits_with_role(config, *TRAIN_ROLES, "validation")
+            if stage is None or split_cfg(d, s)["role"] != "validation" or stage in split_cfg(d, s)["stages"]]
 
 
 def train_group_splits():
@@ -282,9 +284,10 @@ def pretrain_split():
 
 
 # ----------------------------------------------------------------------------- train rules' inputs and params
-def train_params(stage, member):
-    """The run configuration of sedlib.training.run (--config-json): what a training run depends on."""
-    datasets = sorted({d for d, _ in training_splits()})
+def train_params(iteration, stage, member):
+    """The run configuration of sedlib.training.run (--config-json): what a training run depends on. The stage
+    settings are those of `iteration` (training.overrides), so changing one iteration's re-runs only that one."""
+    datasets = sorted({d for d, _ in training_splits(stage)})
     return as_json(
         {
             "stage": stage,
@@ -295,11 +298,13 @@ def train_params(stage, member):
             "training": {
                 **{k: config["training"][k] for k in ("accelerator", "devices", "strategy", "precision",
                                                       "accumulate_grad_batches", "num_workers")},
-                "stage": {**config["training"][f"stage{stage}"], "batch_sizes": stage_batch_sizes(config, stage)},
+                "stage": {**stage_config(config, stage, int(iteration)),
+                          "batch_sizes": stage_batch_sizes(config, stage, int(iteration))},
             },
-            "classes": {d: dataset_cfg(d)["classes"] for d in datasets},
-            "median_window": config["training"]["val_median_window"]
-            or [7] * len(dataset_cfg(datasets[0])["classes"]),
+            "classes": output_classes(config),
+            "datasets": {d: {"labelled": labelled_classes(config, d), "aliases": dataset_cfg(d)["aliases"]}
+                         for d in datasets},
+            "median_window": config["training"]["val_median_window"] or [7] * len(output_classes(config)),
         }
     )
 
@@ -307,7 +312,7 @@ def train_params(stage, member):
 def train_split_inputs(iteration, stage):
     """Per split, the files a run reads (sedlib.training.data.SplitInputs), in configuration order."""
     entries = []
-    for d, s in training_splits():
+    for d, s in training_splits(stage):
         split = split_cfg(d, s)
         entry = {"dataset": d, "split": s, "role": split["role"], "labels": split["labels"], "features": feature_dir(d, s)}
         if stage == 1:
@@ -332,7 +337,7 @@ def train_inputs(iteration, stage, member):
 def train_input_files(iteration, stage, member):
     """Every file of train_inputs() plus the feature arrays, for Snakemake's input list."""
     inputs = train_inputs(iteration, stage, member)
-    files = [f for d, s in training_splits() for f in feature_files(d, s).values()]
+    files = [f for d, s in training_splits(stage) for f in feature_files(d, s).values()]
     files += [v for e in inputs["splits"] for k, v in e.items() if k not in ("dataset", "split", "role", "labels", "features")]
     return files + [v for k, v in inputs.items() if k != "splits"]
 

@@ -20,7 +20,7 @@ for _stage in (1, 2):
             model=model_file("{iteration}", _stage, "{member}"),
             metrics=f"{stage_dir('{iteration}', _stage, '{member}')}/metrics.csv",
         params:
-            cfg=lambda w, stage=_stage: train_params(stage, w.member),
+            cfg=lambda w, stage=_stage: train_params(w.iteration, stage, w.member),
             inputs=lambda w, stage=_stage: as_json(train_inputs(w.iteration, stage, w.member)),
             out=lambda w, stage=_stage: stage_dir(w.iteration, stage, w.member),
         threads: config["training"]["threads"]

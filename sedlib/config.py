@@ -18,9 +18,10 @@ import yaml
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
 # Training batch groups in batch order: ATST-SED's [strong_real, synthetic, weak, unlabeled] with the generic
-# strongly labelled group `strong` beside DESED's two (a group is every split of that role).
+# strongly labelled group `strong` beside DESED's two (a group is every split of that role) and MAESTRO's group.
 STRONG_ROLES = ("strong_real", "synthetic", "strong")
-TRAIN_ROLES = (*STRONG_ROLES, "weak", "unlabeled")
+TRAIN_ROLES = ("maestro", *STRONG_ROLES, "weak", "unlabeled")  # maestro: soft strong labels, first as in the
+# DCASE 2024 baseline's batch (confs/pretrained.yaml batch_size: [maestro, synth, strong, weak, unlabel])
 SCORED_ROLES = ("validation", "test")  # strong labels, scored against their audio (model selection, test)
 ROLES = (*TRAIN_ROLES, *SCORED_ROLES, "pretrain")
 
@@ -131,6 +132,12 @@ def _check_cross_fields(config: dict, source: str) -> None:
         for split_name, split in ds["splits"].items():
             if split["labels"] != "none" and not split.get("metadata"):
                 fail(f"datasets.{ds_name}.splits.{split_name}.metadata", f"required for labels '{split['labels']}'")
+    for ds_name, ds in config["datasets"].items():
+        for own, other in ds["aliases"].items():
+            if own not in ds["classes"]:
+                fail(f"datasets.{ds_name}.aliases", f"'{own}' is not one of the dataset's classes")
+            if other not in output_classes(config) or other in ds["classes"]:
+                fail(f"datasets.{ds_name}.aliases", f"'{own}' -> '{other}': expected a class of another dataset")
     n_classes = {len(ds["classes"]) for ds in config["datasets"].values()}
     evaluation = config["evaluation"]
     if evaluation["splits"] is None:
@@ -151,13 +158,74 @@ def _check_cross_fields(config: dict, source: str) -> None:
     if len(evaluation["median_window"]) not in n_classes:
         fail("evaluation.median_window", f"needs one window per class ({sorted(n_classes)})")
     val_window = config["training"].get("val_median_window")
-    if val_window is not None and len(val_window) not in n_classes:
-        fail("training.val_median_window", f"needs one window per class ({sorted(n_classes)})")
+    if val_window is not None and len(val_window) != len(output_classes(config)):
+        fail("training.val_median_window", f"needs one window per output class ({len(output_classes(config))})")
+    _check_overrides(config, source)
+    for ds_name, split_name in splits_with_role(config, *ROLES):
+        split = config["datasets"][ds_name]["splits"][split_name]
+        if split["role"] != "validation" and sorted(split["stages"]) != [1, 2]:
+            fail(f"datasets.{ds_name}.splits.{split_name}.stages", "only a validation split can serve some stages only")
+    validation = [config["datasets"][d]["splits"][s] for d, s in splits_with_role(config, "validation")]
+    if validation and not any(2 in split["stages"] for split in validation):
+        fail("datasets.*.splits.*.stages", "stage 2 selects checkpoints by PSDS: some validation split must list stage 2")
     names = [m["name"] for m in config["training"]["members"]]
     if len(set(names)) != len(names):
         fail("training.members", f"member names must be unique, got {names}")
     if "ensemble" in names:
         fail("training.members", "'ensemble' is reserved (results/iter{i}/pseudo_labels/ensemble/ holds the averages)")
+
+
+def _check_overrides(config: dict, source: str) -> None:
+    """Each ``training.overrides.iterN.stageK`` block names an existing iteration and, merged into
+    ``training.stageK``, gives settings that the stage schema accepts (unknown keys, types and ranges)."""
+    training = config["training"]
+    for name, block in training["overrides"].items():
+        iteration = int(name.removeprefix("iter"))
+        if not 1 <= iteration <= training["iterations"]:
+            raise ConfigError(f"{source}: field 'training.overrides.{name}': no such iteration "
+                              f"(training.iterations is {training['iterations']})")
+        for stage_key, change in block.items():
+            trial = {**config, "training": {**training, stage_key: deep_merge(training[stage_key], change)}}
+            validator = _validator_with_defaults()(schema())
+            errors = [e for e in validator.iter_errors(copy.deepcopy(trial)) if list(e.absolute_path)[:2] == ["training", stage_key]]
+            # the most specific problem: a failing value inside an allOf part also makes its keys "unevaluated"
+            errors.sort(key=lambda e: (e.validator != "unevaluatedProperties", len(e.absolute_path)), reverse=True)
+            if errors:
+                where = ".".join(map(str, ["training.overrides", name, stage_key, *list(errors[0].absolute_path)[2:]]))
+                raise ConfigError(f"{source}: field '{where}': {errors[0].message}")
+
+
+def deep_merge(base: dict, change: dict) -> dict:
+    """A copy of ``base`` with ``change`` merged in: nested mappings merge key by key, other values replace."""
+    out = copy.deepcopy(base)
+    for key, value in change.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
+    return out
+
+
+def stage_config(config: dict, stage: int, iteration: int = 1) -> dict:
+    """``training.stageN`` of iteration ``iteration``: the stage section with ``training.overrides.iter{i}``
+    merged in."""
+    training = config["training"]
+    change = training["overrides"].get(f"iter{iteration}", {}).get(f"stage{stage}", {})
+    return deep_merge(training[f"stage{stage}"], change)
+
+
+def output_classes(config: dict) -> list[str]:
+    """The model's output classes: the union of the datasets' class lists in configuration order (a class that
+    several datasets share is one output)."""
+    out: list[str] = []
+    for ds in config["datasets"].values():
+        out += [c for c in ds["classes"] if c not in out]
+    return out
+
+
+def labelled_classes(config: dict, dataset: str) -> list[str]:
+    """Output classes that items of ``dataset`` carry labels for: its own classes and its aliases' targets, in
+    output order. The others are masked in every loss term of its items."""
+    ds = config["datasets"][dataset]
+    own = set(ds["classes"]) | set(ds["aliases"].values())
+    return [c for c in output_classes(config) if c in own]
 
 
 def section_json(config: dict, *keys: str) -> str:
@@ -178,10 +246,11 @@ def splits_with_role(config: dict, *roles: str) -> list[tuple[str, str]]:
     ]
 
 
-def stage_batch_sizes(config: dict, stage: int) -> dict[str, int]:
-    """``training.stageN.batch_sizes`` of the groups that have a split (a training run's batch layout)."""
+def stage_batch_sizes(config: dict, stage: int, iteration: int = 1) -> dict[str, int]:
+    """``training.stageN.batch_sizes`` (of iteration ``iteration``) of the groups that have a split (a training
+    run's batch layout)."""
     present = {split["role"] for ds in config["datasets"].values() for split in ds["splits"].values()}
-    sizes = config["training"][f"stage{stage}"]["batch_sizes"]
+    sizes = stage_config(config, stage, iteration)["batch_sizes"]
     return {role: sizes[role] for role in TRAIN_ROLES if role in present}
 
 

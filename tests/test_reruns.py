@@ -202,6 +202,16 @@ def test_stage2_hyperparameter_reruns_stage2_and_downstream_only(state):
     assert "results/eval_psds.json" in todo
 
 
+def test_iteration2_override_reruns_iteration2_only(state):
+    edit_config(state, lambda c: c["training"]["overrides"].update(
+        iter2={"stage1": {"lr_cnn": 0.0005, "distillation": {"weight": 1.5}}}))
+    todo, current = pending(state)
+    stage1_iter2 = {p for p, (rule, _) in current.items() if rule == "train_stage1" and p.startswith("results/iter2/")}
+    assert stage1_iter2 and stage1_iter2 <= todo, "iteration 2's stage-1 models retrain with the override"
+    assert not under(todo, *UPSTREAM, "results/iter1/"), f"iteration 1 must not re-run: {sorted(under(todo, 'results/iter1/'))}"
+    assert under(current, "results/iter2/") <= todo and "results/eval_psds.json" in todo
+
+
 def test_median_window_reruns_only_evaluation(state):
     def widen(config):
         config["evaluation"]["median_window"] = [w + 2 for w in config["evaluation"]["median_window"]]

@@ -97,7 +97,7 @@ def run_config(config: dict, seed: int) -> dict:
         "training": {**{k: config["training"][k] for k in ("accumulate_grad_batches", "num_workers", "devices",
                                                            "precision")},
                      "accelerator": "cpu", "strategy": "auto", "stage": stage},
-        "classes": {"small": CLASSES}, "median_window": [7] * len(CLASSES),
+        "classes": CLASSES, "datasets": {"small": {"labelled": CLASSES, "aliases": {}}}, "median_window": [7] * len(CLASSES),
     }  # fmt: skip
 
 

@@ -54,7 +54,7 @@ def run_config(stage: int, epochs: int, **stage_overrides) -> dict:
         },  # fmt: skip
         "training": {"accelerator": "cpu", "devices": 1, "strategy": "auto", "precision": "32",
                      "accumulate_grad_batches": 1, "num_workers": 0, "stage": stage_cfg},  # fmt: skip
-        "classes": {"fake": CLASSES},
+        "classes": CLASSES, "datasets": {"fake": {"labelled": CLASSES, "aliases": {}}},
         "median_window": [3, 3, 3],
     }
 

@@ -9,7 +9,7 @@ dropout -> AvgPool (time x freq pools [[2,2],[2,2],[1,2]x5]) -> (B, C_cnn, 156, 
 Backbone frames (B, D, 250) are adaptive-average-pooled to 156 frames, concatenated with the CNN output
 and projected back to C_cnn by ``cat_tf`` (no activation), then a 2-layer BiGRU, dropout,
 strong head ``dense`` (sigmoid) and attention pooling ``dense_softmax`` (softmax over classes, clamped to
-[1e-7, 1]): weak = sum_t strong * att / sum_t att.
+[1e-7, 1]; over the item's labelled classes only when a class mask is given): weak = sum_t strong * att / sum_t att.
 
 BatchNorm momentum. The published ``CNN.py`` builds ``nn.BatchNorm2d(nOut, eps=0.001, momentum=0.99)``.
 That value reads like Keras' momentum (weight of the OLD running average, i.e. torch 0.01), but torch's
@@ -135,7 +135,10 @@ class CRNN(nn.Module):
         crnn_feats: torch.Tensor,
         atst_feats: torch.Tensor | None = None,
         embeddings: torch.Tensor | None = None,
+        class_mask: torch.Tensor | None = None,
     ) -> SEDOutput:
+        """``class_mask`` (B, C), nonzero for the classes an item is labelled for: attention pooling attends only
+        to those (DCASE 2024 baseline desed_task/nnet/CRNN.py, masked_fill of the softmax input by -1e30)."""
         if (atst_feats is None) == (embeddings is None):
             raise ValueError(
                 "give exactly one of atst_feats (backbone run here) or embeddings (cached backbone output)"
@@ -153,6 +156,9 @@ class CRNN(nn.Module):
         x = self.dropout(self.rnn(x))
         strong_logits = self.dense(x)  # (B, frames, C)
         strong = torch.sigmoid(strong_logits)
-        attention = torch.softmax(self.dense_softmax(x), dim=-1).clamp(min=1e-7, max=1.0)
+        attention_logits = self.dense_softmax(x)
+        if class_mask is not None:
+            attention_logits = attention_logits.masked_fill(class_mask[:, None, :] == 0, -1e30)
+        attention = torch.softmax(attention_logits, dim=-1).clamp(min=1e-7, max=1.0)
         weak = (strong * attention).sum(1) / attention.sum(1)
         return SEDOutput(strong.transpose(1, 2), weak, strong_logits.transpose(1, 2))

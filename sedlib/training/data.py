@@ -1,9 +1,10 @@
 """Training and validation data from the feature caches: grouped batches in the ATST-SED layout.
 
 Batch layout. One training batch holds fixed numbers of clips from each group, concatenated in the order
-``[strong_real, synthetic, strong, weak, unlabeled]`` (``training.stageN.batch_sizes``; a group is every split
-of that role; ATST-SED's order with the generic ``strong`` group after DESED's two strong groups; groups
-without a split are absent). Each group has its own random order per epoch; an epoch ends when the first group
+``[maestro, strong_real, synthetic, strong, weak, unlabeled]`` (``training.stageN.batch_sizes``; a group is every
+split of that role; ATST-SED's order with the generic ``strong`` group after DESED's two strong groups, and the
+DCASE 2024 baseline's MAESTRO group first (confs/pretrained.yaml ``batch_size: [maestro, synth, strong, weak,
+unlabel]``); groups without a split are absent). Each group has its own random order per epoch; an epoch ends when the first group
 runs out:
 ``epoch_batches = min(len_g // batch_g)`` over groups with ``batch_g > 0`` (optionally capped by
 ``max_steps_per_epoch``), as the published ``ConcatDatasetBatchSampler``. With several processes (DDP) every
@@ -13,7 +14,13 @@ Items (dicts of float32 arrays, collated to tensors):
 - ``crnn_mel`` (128, 626) linear magnitude mel; ``atst_mel`` (64, 1001) linear power mel (stage 2) or
   ``embeddings`` (D, 250) frozen backbone frames (stage 1); normalisation happens in the model step.
 - ``strong`` (C, 156) frame targets (onset frame = floor, offset frame = ceil, 64 ms frames; zeros for clips
-  without strong labels); ``weak`` (C,) clip targets (weak labels, or the strong targets' maximum).
+  without strong labels; soft labels: each frame the highest confidence of the class's events covering it);
+  ``weak`` (C,) clip targets (weak labels, or the strong targets' maximum). C: the model's output classes, the
+  union of the datasets' classes; an event of a class with an alias (``datasets.<name>.aliases``) is also an
+  event of the alias target.
+- ``mask`` (C,) 1 for the output classes the item's dataset labels (its classes and alias targets), 0 for the
+  others: every loss term ignores masked classes; ``dataset`` the index of the item's dataset (mixup mixes only
+  items of one dataset).
 - ``pseudo`` (C, 156) soft pseudo-labels ``sigmoid(ensemble logits)`` when the run distils; frames past a
   clip's true length (zero-padded audio) get probability 0, as its labels do.
 Clips longer than ``audio.clip_seconds`` are cropped at a random offset that is a multiple of the 0.32 s grid
@@ -35,8 +42,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sedlib.config import STRONG_ROLES, TRAIN_ROLES
-from sedlib.data.labels import encode_strong, encode_weak
-from sedlib.data.metadata import events_by_file, read_strong, read_weak
+from sedlib.data.labels import encode_soft, encode_weak
+from sedlib.data.metadata import events_by_file, read_soft, read_strong, read_weak, soft_events_by_file
 from sedlib.features.cache import FeatureCache, open_feature_cache
 from sedlib.features.frontends import frames_per_clip
 from sedlib.pseudo.predict import crop_grid_samples
@@ -98,10 +105,10 @@ class SplitInputs:
     dataset: str
     split: str
     role: str
-    labels: str  # strong | weak | none
+    labels: str  # strong | soft | weak | none
     features: str  # feature cache folder
     embeddings: str | None = None  # stage 1
-    metadata: str | None = None  # strong labels
+    metadata: str | None = None  # strong or soft labels
     weak_train: str | None = None  # weak splits: training part
     weak_val: str | None = None  # weak splits: validation part
     pseudo_labels: str | None = None  # iteration >= 2, training groups
@@ -122,14 +129,15 @@ class SplitClips:
         inputs: SplitInputs,
         cache: FeatureCache,
         rows: np.ndarray,
-        classes: list[str],
+        labelling: "Labelling",
         geometry: Geometry,
         embeddings: np.ndarray | None,
-        events: list[list[tuple[float, float, str]]] | None,
+        events: list[list[tuple[float, float, str, float]]] | None,
         weak: np.ndarray | None,
         pseudo: LogitsFile | None,
     ):
-        self.inputs, self.cache, self.rows, self.classes, self.geometry = inputs, cache, rows, classes, geometry
+        self.inputs, self.cache, self.rows, self.geometry = inputs, cache, rows, geometry
+        self.labelling, self.classes = labelling, labelling.classes
         self.embeddings, self.events, self.weak, self.pseudo = embeddings, events, weak, pseudo
         self.filenames = [cache.filenames[r] for r in rows]
         self.durations = cache.durations[rows]
@@ -155,8 +163,8 @@ class SplitClips:
         n_out, n_classes = g.window["out"], len(self.classes)
         if self.events is not None:
             shift = crop * g.grid_seconds
-            shifted = [(on - shift, off - shift, label) for on, off, label in self.events[j]]
-            out["strong"] = encode_strong(shifted, self.classes, n_out, g.frame_hop)
+            shifted = [(on - shift, off - shift, label, conf) for on, off, label, conf in self.events[j]]
+            out["strong"] = encode_soft(shifted, self.classes, n_out, g.frame_hop)
             out["weak"] = out["strong"].max(axis=1)
         else:
             out["strong"] = np.zeros((n_classes, n_out), dtype=np.float32)
@@ -166,11 +174,39 @@ class SplitClips:
             logits = g.cut(self.pseudo.logits[p_row], "out", crop)
             valid = np.arange(n_out) < int(self.pseudo.n_frames[p_row]) - crop * g.grid["out"]
             out["pseudo"] = np.where(valid, 1.0 / (1.0 + np.exp(-logits)), 0.0).astype(np.float32)
+        out["mask"], out["dataset"] = self.labelling.mask, np.int64(self.labelling.index)
         return out
 
 
+@dataclass(frozen=True)
+class Labelling:
+    """How one dataset's labels map onto the model's output classes."""
+
+    classes: list[str]  # the model's output classes
+    index: int  # the dataset's index among the run's datasets
+    mask: np.ndarray  # (C,) float32: 1 for the classes the dataset labels
+    aliases: dict[str, str]  # own class -> other dataset's class it also stands for
+
+    @classmethod
+    def of(cls, config: dict, dataset: str) -> "Labelling":
+        """From the run configuration (sedlib.training.run.check_run_config)."""
+        names = sorted(config["datasets"])
+        if dataset not in names:
+            raise ValueError(f"run configuration: field 'datasets' has no entry for dataset '{dataset}'")
+        ds, classes = config["datasets"][dataset], list(config["classes"])
+        mask = np.array([c in ds["labelled"] for c in classes], dtype=np.float32)
+        return cls(classes, names.index(dataset), mask, dict(ds["aliases"]))
+
+    def with_aliases(self, events: list[tuple[float, float, str, float]]) -> list[tuple[float, float, str, float]]:
+        """Events plus a copy of every aliased event under its alias target (DCASE 2024 baseline process_tsvs)."""
+        return events + [(on, off, self.aliases[label], conf) for on, off, label, conf in events if label in self.aliases]
+
+    def weak_targets(self, labels: list[str]) -> np.ndarray:
+        return encode_weak(labels + [self.aliases[label] for label in labels if label in self.aliases], self.classes)
+
+
 def load_split(
-    inputs: SplitInputs, classes: list[str], geometry: Geometry, part: str | None, use_embeddings: bool, distil: bool
+    inputs: SplitInputs, labelling: Labelling, geometry: Geometry, part: str | None, use_embeddings: bool, distil: bool
 ) -> SplitClips:
     """Open a split's cache and targets. ``part``: 'train' / 'val' selects a weak split's partition."""
     cache = open_feature_cache(inputs.features)
@@ -184,31 +220,34 @@ def load_split(
     rows, events, weak = np.arange(len(cache)), None, None
     if inputs.role == "validation" and inputs.labels != "strong":
         raise ValueError(f"{inputs.name}: a validation split needs strong labels, got '{inputs.labels}'")
-    if inputs.labels == "strong":
+    if inputs.labels in ("strong", "soft"):
         if inputs.metadata is None:
-            raise ValueError(f"{inputs.name}: strong labels need the split's metadata file")
-        by_file = events_by_file(read_strong(inputs.metadata))
+            raise ValueError(f"{inputs.name}: {inputs.labels} labels need the split's metadata file")
+        if inputs.labels == "strong":
+            by_file = {f: [(*e, 1.0) for e in ev] for f, ev in events_by_file(read_strong(inputs.metadata)).items()}
+        else:
+            by_file = soft_events_by_file(read_soft(inputs.metadata))
         rows = np.array([cache.row(f) for f in by_file], dtype=np.int64)
-        events = list(by_file.values())
+        events = [labelling.with_aliases(ev) for ev in by_file.values()]
     elif inputs.labels == "weak":
         path = {"train": inputs.weak_train, "val": inputs.weak_val}[part or "train"]
         if path is None:
             raise ValueError(f"{inputs.name}: weak labels need the split's weak_{part or 'train'}.tsv")
         table = read_weak(path)
         rows = np.array([cache.row(f) for f in table["filename"]], dtype=np.int64)
-        weak = np.stack([encode_weak(labels, classes) for labels in table["event_labels"]]) if len(table) else None
+        weak = np.stack([labelling.weak_targets(list(labels)) for labels in table["event_labels"]]) if len(table) else None
     elif inputs.labels != "none":
-        raise ValueError(f"{inputs.name}: labels '{inputs.labels}' cannot be used for training (strong, weak or none)")
+        raise ValueError(f"{inputs.name}: labels '{inputs.labels}' cannot be used for training (strong, soft, weak or none)")
     pseudo = None
     if distil:
         if inputs.pseudo_labels is None:
             raise ValueError(f"{inputs.name}: distillation needs the split's pseudo-label file")
         pseudo = read_logits(inputs.pseudo_labels)
-        if pseudo.classes != classes:
-            raise ValueError(f"{inputs.pseudo_labels}: field 'classes': {pseudo.classes} differ from the training classes {classes}")
+        if pseudo.classes != labelling.classes:
+            raise ValueError(f"{inputs.pseudo_labels}: field 'classes': {pseudo.classes} differ from the training classes {labelling.classes}")
         if abs(pseudo.frame_hop - geometry.frame_hop) > 1e-9:
             raise ValueError(f"{inputs.pseudo_labels}: field 'frame_hop': {pseudo.frame_hop} s, expected {geometry.frame_hop} s")
-    return SplitClips(inputs, cache, rows, classes, geometry, embeddings, events, weak, pseudo)
+    return SplitClips(inputs, cache, rows, labelling, geometry, embeddings, events, weak, pseudo)
 
 
 # ----------------------------------------------------------------------------- datasets and sampler
@@ -305,10 +344,12 @@ def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 
 def batch_groups(batch_sizes: dict[str, int]) -> dict[str, slice]:
     """Rows of each group in a training batch (TRAIN_ROLES order; absent groups: empty slices), plus
-    ``strong_all``: the rows of every strongly labelled group (strong_real + synthetic + strong)."""
+    ``strong_all``: the rows of every strongly labelled group (strong_real + synthetic + strong), and
+    ``frame_labelled``: those and the maestro group's (every row with frame targets)."""
     bounds = np.cumsum([0] + [batch_sizes.get(role, 0) for role in TRAIN_ROLES])
     groups = {role: slice(int(bounds[i]), int(bounds[i + 1])) for i, role in enumerate(TRAIN_ROLES)}
     groups["strong_all"] = slice(groups[STRONG_ROLES[0]].start, groups[STRONG_ROLES[-1]].stop)
+    groups["frame_labelled"] = slice(groups["maestro"].start, groups["strong_all"].stop)
     return groups
 
 
@@ -335,6 +376,7 @@ class TrainingData(L.LightningDataModule):
         self.seed = int(config["member"]["seed"])
         self.num_workers = int(config["training"]["num_workers"])
         self.classes = list(config["classes"])
+        labelling = {s.dataset: Labelling.of(config, s.dataset) for s in splits}
         self.geometry = Geometry.from_config(config)
         sizes = self.stage_cfg["batch_sizes"]
         self.batch_sizes, self.groups = [], []  # of the groups present (with a split), in batch order
@@ -348,14 +390,14 @@ class TrainingData(L.LightningDataModule):
                 names = [s.name for s in members]
                 raise ValueError(f"training.stageN.batch_sizes: no size for group '{role}' (splits {names})")
             self.batch_sizes.append(int(sizes[role]))
-            self.groups.append([load_split(s, self.classes, self.geometry, "train", use_embeddings, distil) for s in members])
+            self.groups.append([load_split(s, labelling[s.dataset], self.geometry, "train", use_embeddings, distil) for s in members])
         self.train_set = ClipDataset([part for group in self.groups for part in group])
         self.validation: list[ValidationSet] = []
         for s in splits:
             if s.role == "validation":
-                self.validation.append(ValidationSet(s.name, "strong", load_split(s, self.classes, self.geometry, None, use_embeddings, False)))
+                self.validation.append(ValidationSet(s.name, "strong", load_split(s, labelling[s.dataset], self.geometry, None, use_embeddings, False)))
             elif s.role == "weak" and s.weak_val is not None:
-                clips = load_split(s, self.classes, self.geometry, "val", use_embeddings, False)
+                clips = load_split(s, labelling[s.dataset], self.geometry, "val", use_embeddings, False)
                 if len(clips):
                     self.validation.append(ValidationSet(f"{s.name}:val", "weak", clips))
         if not self.validation:

@@ -24,19 +24,29 @@ class Mix:
     coef: float  # weight of the item itself, in [0, 1]
 
 
-def draw_mix(n: int, alpha: float, rng: np.random.Generator) -> Mix:
-    """Coefficient ~ Beta(alpha, alpha) and a random permutation of ``n`` items."""
+def draw_mix(n: int, alpha: float, rng: np.random.Generator, datasets: np.ndarray | None = None) -> Mix:
+    """Coefficient ~ Beta(alpha, alpha) and a random permutation of ``n`` items; with ``datasets`` (n,) (each
+    item's dataset index) the permutation pairs items of the same dataset only (DCASE 2024 Task 4: mixup never
+    mixes a DESED clip with a MAESTRO chunk)."""
     coef = float(rng.beta(alpha, alpha))
-    return Mix(torch.from_numpy(rng.permutation(n)).long(), coef)
+    if datasets is None or len(np.unique(datasets)) == 1:
+        return Mix(torch.from_numpy(rng.permutation(n)).long(), coef)
+    perm = np.arange(n)
+    for value in np.unique(datasets):
+        rows = np.flatnonzero(datasets == value)
+        perm[rows] = rows[rng.permutation(len(rows))]
+    return Mix(torch.from_numpy(perm).long(), coef)
 
 
 def draw_group_mixes(
-    groups: Sequence[slice], p: float, alpha: float, rng: np.random.Generator
+    groups: Sequence[slice], p: float, alpha: float, rng: np.random.Generator, datasets: np.ndarray | None = None
 ) -> list[Mix | None] | None:
-    """None when the batch's coin says no mixup; else one draw per group (None for groups of < 2 items)."""
+    """None when the batch's coin says no mixup; else one draw per group (None for groups of < 2 items).
+    ``datasets`` (B,): each batch row's dataset index (see draw_mix)."""
     if rng.random() >= p:
         return None
-    return [draw_mix(g.stop - g.start, alpha, rng) if g.stop - g.start >= 2 else None for g in groups]
+    return [draw_mix(g.stop - g.start, alpha, rng, None if datasets is None else datasets[g])
+            if g.stop - g.start >= 2 else None for g in groups]  # fmt: skip
 
 
 def mix(x: torch.Tensor, m: Mix) -> torch.Tensor:

@@ -54,7 +54,7 @@ from sedlib.training.stage2 import Stage2Module
 
 log = logging.getLogger(__name__)
 
-RUN_KEYS = ("stage", "member", "audio", "frontends", "model", "training", "classes", "median_window")
+RUN_KEYS = ("stage", "member", "audio", "frontends", "model", "training", "classes", "datasets", "median_window")
 TRAINING_KEYS = ("accelerator", "devices", "strategy", "precision", "accumulate_grad_batches", "num_workers", "stage")
 MODULES = {1: Stage1Module, 2: Stage2Module}
 LAST = "last.ckpt"
@@ -62,17 +62,26 @@ TENSORBOARD = "tensorboard"  # event files under the stage folder
 
 
 def check_run_config(config: dict) -> list[str]:
-    """Validate the run configuration's structure; return the (single) class list."""
+    """Validate the run configuration's structure; return the output class list.
+
+    ``classes``: the model's outputs (the union of the datasets' classes); ``datasets``: per training dataset
+    ``labelled`` (the output classes its items carry labels for; the rest is masked) and ``aliases``
+    ({own class: other dataset's class}).
+    """
     missing = [k for k in RUN_KEYS if k not in config]
     missing += [f"training.{k}" for k in TRAINING_KEYS if k not in config.get("training", {})]
     if missing:
         raise ValueError(f"run configuration: missing fields {missing}")
     if config["stage"] not in MODULES:
         raise ValueError(f"run configuration: field 'stage': expected 1 or 2, got {config['stage']!r}")
-    lists = {json.dumps(classes) for classes in config["classes"].values()}
-    if len(lists) != 1:
-        raise ValueError(f"run configuration: field 'classes': the training datasets' class lists differ: {config['classes']}")
-    return json.loads(lists.pop())
+    classes = list(config["classes"])
+    if len(set(classes)) != len(classes) or not classes:
+        raise ValueError(f"run configuration: field 'classes': expected unique class names, got {classes}")
+    for name, ds in config["datasets"].items():
+        unknown = sorted(set(ds["labelled"]) - set(classes)) + sorted(set(ds["aliases"].values()) - set(ds["labelled"]))
+        if unknown:
+            raise ValueError(f"run configuration: field 'datasets.{name}': classes {unknown} are not labelled outputs")
+    return classes
 
 
 # ----------------------------------------------------------------------------- callbacks

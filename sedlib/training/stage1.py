@@ -3,11 +3,14 @@
 Stage 1 trains the CRNN on the frozen transformer's cached frame embeddings with a mean teacher:
 
 - mixup (``mixup_p``, Beta(``mixup_alpha``, ``mixup_alpha``), soft labels) of the CRNN mel only, separately
-  within the strong (strong_real + synthetic + strong), weak and unlabeled groups; embeddings are not mixed and the
-  teacher sees the same (mixed) input as the student, as published;
-- loss = BCE(strong, strong items) + BCE(weak, weak items)
+  within the maestro, strong (strong_real + synthetic + strong), weak and unlabeled groups and only between items
+  of one dataset; embeddings are not mixed and the teacher sees the same (mixed) input as the student, as
+  published; targets of classes an item's dataset does not label are zeroed after mixup;
+- loss = BCE(strong, maestro + strong items) + BCE(weak, weak items)
   + w * [MSE(student strong, teacher strong) + MSE(student weak, teacher weak)] over the whole batch,
-  w = ``const_max`` * exponential ramp-up over ``warmup_epochs`` (schedules.exp_rampup);
+  w = ``const_max`` * exponential ramp-up over ``warmup_epochs`` (schedules.exp_rampup); every term averages over
+  the classes each item's dataset labels only (``mask``; heterogeneous datasets, DCASE 2024 Task 4), and the weak
+  head's attention pooling attends to those classes only;
 - from iteration 2 on, + ``distillation.weight`` * distillation(student strong logits, soft pseudo-labels)
   over every item (pseudo-labels mixed with the items' mixup draw);
 - Adam (betas 0.9, 0.999): CNN at ``lr_cnn``, RNN / merge / heads at ``lr_rnn``, transformer frozen;
@@ -71,6 +74,11 @@ def optimizer_groups(
     return groups
 
 
+def group_rows(mask: torch.Tensor | None, group: slice) -> torch.Tensor | None:
+    """The mask rows of a batch group (None stays None)."""
+    return None if mask is None else mask[group]
+
+
 def validation_psds(
     strong: dict[tuple[int, int], np.ndarray],
     sets: list[ValidationSet],
@@ -78,25 +86,32 @@ def validation_psds(
     classes: list[str],
     median_window: list[int],
 ) -> dict[str, float]:
-    """PSDS1 and PSDS2 of median-filtered strong probabilities, all strong validation clips pooled.
+    """PSDS1 and PSDS2 of median-filtered strong probabilities, the strong validation clips of one dataset pooled
+    and scored on the classes that dataset labels; with validation splits of several datasets, the mean over them.
 
     ``strong[(set index, clip index)]``: (C, frames) probabilities of the clip's first window. Each clip is
     scored on its first ``clip_seconds`` (the window the model saw): frames up to the clip's true length,
     ground truth and duration cut at the window's end. Clips without events are dropped, as in the published
-    validation.
+    validation. ``median_window``: frames per output class.
     """
-    tables, ground_truth, durations = {}, {}, {}
+    by_dataset: dict[int, tuple[dict, dict, dict]] = {}
     for (set_index, clip), probs in strong.items():
         clips = sets[set_index].clips
+        labelled = np.flatnonzero(clips.labelling.mask)
+        tables, ground_truth, durations = by_dataset.setdefault(clips.labelling.index, ({}, {}, {}))
         key = f"{sets[set_index].name}/{clips.filenames[clip]}"
         duration = min(float(clips.durations[clip]), geometry.clip_seconds)
         n_frames = min(probs.shape[-1], int(np.ceil(duration / geometry.frame_hop - 1e-9)))
-        tables[key] = postprocess_table(score_table(probs[:, :n_frames].T, classes, geometry.frame_hop, duration), median_window)
-        ground_truth[key] = [(on, min(off, duration), label) for on, off, label in clips.events[clip] if on < duration]
+        table = score_table(probs[labelled, :n_frames].T, [classes[i] for i in labelled], geometry.frame_hop, duration)
+        tables[key] = postprocess_table(table, [median_window[i] for i in labelled])
+        ground_truth[key] = [(on, min(off, duration), label) for on, off, label, _ in clips.events[clip] if on < duration]
         durations[key] = duration
-    ground_truth, durations = clips_with_events(ground_truth, durations)
-    tables = {key: tables[key] for key in ground_truth}
-    return {name: psds(tables, ground_truth, durations, scenario).value for name, scenario in SCENARIOS.items()}
+    values = []
+    for tables, ground_truth, durations in by_dataset.values():
+        ground_truth, durations = clips_with_events(ground_truth, durations)
+        tables = {key: tables[key] for key in ground_truth}
+        values.append({name: psds(tables, ground_truth, durations, scenario).value for name, scenario in SCENARIOS.items()})
+    return {name: float(np.mean([v[name] for v in values])) for name in SCENARIOS}
 
 
 class Stage1Module(L.LightningModule):
@@ -119,7 +134,7 @@ class Stage1Module(L.LightningModule):
         frontends = build_frontends(config["frontends"])
         self.crnn_frontend, self.atst_frontend = frontends.crnn, frontends.atst
         self.groups = batch_groups(self.hp["batch_sizes"])
-        self.mix_slices = [self.groups["strong_all"], self.groups["weak"], self.groups["unlabeled"]]
+        self.mix_slices = [self.groups["maestro"], self.groups["strong_all"], self.groups["weak"], self.groups["unlabeled"]]
         self.distil_weight = float(self.hp["distillation"]["weight"]) if distil else 0.0
         self.fingerprint = fingerprint
         self.rng = np.random.default_rng([int(config["member"]["seed"]), self.stage])
@@ -157,25 +172,40 @@ class Stage1Module(L.LightningModule):
             self._ema_step = step
 
     # ------------------------------------------------------------------ shared loss pieces
-    def mixup(self, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[Mix | None] | None]:
-        """Group-wise mixup of ``tensors`` (one draw per group, shared by every tensor)."""
-        mixes = draw_group_mixes(self.mix_slices, self.hp["mixup_p"], self.hp["mixup_alpha"], self.rng)
-        return (tensors if mixes is None else mix_groups(tensors, self.mix_slices, mixes)), mixes
+    def mixup(
+        self, tensors: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], list[Mix | None] | None]:
+        """Group-wise mixup of ``tensors`` (one draw per group, shared by every tensor, pairing items of one
+        dataset only), then the targets of classes an item's dataset does not label set to 0."""
+        datasets = batch["dataset"].cpu().numpy()
+        mixes = draw_group_mixes(self.mix_slices, self.hp["mixup_p"], self.hp["mixup_alpha"], self.rng, datasets)
+        mixed = tensors if mixes is None else mix_groups(tensors, self.mix_slices, mixes)
+        mask = batch["mask"]
+        for key in ("strong", "weak"):
+            if key in mixed:
+                mixed[key] = mixed[key] * mask.reshape(*mask.shape, *([1] * (mixed[key].ndim - 2)))
+        return mixed, mixes
 
-    def supervised(self, out: SEDOutput, targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        """BCE on the strong group's frames + weak_weight x BCE on the weak group's clip labels."""
+    @staticmethod
+    def class_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """(B, C) labelled classes of the batch's items; None when every item labels every class."""
+        mask = batch["mask"]
+        return None if bool((mask != 0).all()) else mask
+
+    def supervised(self, out: SEDOutput, targets: dict[str, torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
+        """BCE on the frames of the maestro and strong groups + weak_weight x BCE on the weak group's clip labels."""
         loss = out.strong.new_zeros(())
-        strong, weak = self.groups["strong_all"], self.groups["weak"]
+        strong, weak = self.groups["frame_labelled"], self.groups["weak"]
         if strong.stop > strong.start:
-            loss = loss + losses.bce(out.strong[strong], targets["strong"][strong])
+            loss = loss + losses.bce(out.strong[strong], targets["strong"][strong], group_rows(mask, strong))
         if weak.stop > weak.start:
-            loss = loss + self.weak_weight * losses.bce(out.weak[weak], targets["weak"][weak])
+            loss = loss + self.weak_weight * losses.bce(out.weak[weak], targets["weak"][weak], group_rows(mask, weak))
         return loss
 
-    def distillation(self, out: SEDOutput, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    def distillation(self, out: SEDOutput, targets: dict[str, torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
         if self.distil_weight <= 0:
             return out.strong.new_zeros(())
-        return losses.distillation(out.strong_logits, targets["pseudo"], self.hp["distillation"]["loss"])
+        return losses.distillation(out.strong_logits, targets["pseudo"], self.hp["distillation"]["loss"], mask)
 
     def log_train(self, batch_size: int, **terms: torch.Tensor | float) -> None:
         for name, value in terms.items():
@@ -185,15 +215,16 @@ class Stage1Module(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        mixed, _ = self.mixup({k: batch[k] for k in ("crnn_mel", *TARGET_KEYS) if k in batch})
+        mixed, _ = self.mixup({k: batch[k] for k in ("crnn_mel", *TARGET_KEYS) if k in batch}, batch)
+        mask = self.class_mask(batch)
         crnn = self.crnn_frontend.normalize(mixed["crnn_mel"])
-        student = self.sed_student(crnn, embeddings=batch["embeddings"])
+        student = self.sed_student(crnn, embeddings=batch["embeddings"], class_mask=mask)
         with torch.no_grad():
-            teacher = self.sed_teacher(crnn, embeddings=batch["embeddings"])
-        supervised = self.supervised(student, mixed)
-        consistency = losses.mse(student.strong, teacher.strong) + losses.mse(student.weak, teacher.weak)
+            teacher = self.sed_teacher(crnn, embeddings=batch["embeddings"], class_mask=mask)
+        supervised = self.supervised(student, mixed, mask)
+        consistency = losses.mse(student.strong, teacher.strong, mask) + losses.mse(student.weak, teacher.weak, mask)
         weight = self.consistency_weight()
-        distillation = self.distillation(student, mixed)
+        distillation = self.distillation(student, mixed, mask)
         loss = supervised + weight * consistency + self.distil_weight * distillation
         self.log_train(len(crnn), loss=loss, supervised=supervised, consistency=consistency,
                        consistency_weight=weight, distillation=distillation)  # fmt: skip
@@ -202,8 +233,9 @@ class Stage1Module(L.LightningModule):
     # ------------------------------------------------------------------ validation
     def predict_pair(self, batch: dict[str, torch.Tensor]) -> tuple[SEDOutput, SEDOutput]:
         """Student and teacher outputs on unaugmented inputs."""
-        crnn = self.crnn_frontend.normalize(batch["crnn_mel"])
-        return self.sed_student(crnn, embeddings=batch["embeddings"]), self.sed_teacher(crnn, embeddings=batch["embeddings"])
+        crnn, mask = self.crnn_frontend.normalize(batch["crnn_mel"]), self.class_mask(batch)
+        return (self.sed_student(crnn, embeddings=batch["embeddings"], class_mask=mask),
+                self.sed_teacher(crnn, embeddings=batch["embeddings"], class_mask=mask))  # fmt: skip
 
     def on_validation_epoch_start(self) -> None:
         self._val = {"sums": defaultdict(float), "counts": defaultdict(int), "strong": {}}
@@ -220,8 +252,10 @@ class Stage1Module(L.LightningModule):
                     pred, target = out.strong[rows], batch["strong"][rows]
                 else:
                     pred, target = out.weak[rows], batch["weak"][rows]
-                self._val["sums"][(net, vset.kind)] += float(losses.bce(pred, target)) * target.numel()
-                self._val["counts"][(net, vset.kind)] += target.numel()
+                mask = batch["mask"][rows]
+                labelled = int((mask != 0).sum()) * (target.numel() // mask.numel())
+                self._val["sums"][(net, vset.kind)] += float(losses.bce(pred, target, mask)) * labelled
+                self._val["counts"][(net, vset.kind)] += labelled
             if vset.kind == "strong":
                 probs = outputs["teacher"].strong[rows].float().cpu().numpy()
                 for j, clip in enumerate(clips[i] for i in rows):

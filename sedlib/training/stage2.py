@@ -28,7 +28,7 @@ from sedlib.models.crnn import SEDOutput
 from sedlib.training import losses
 from sedlib.training.augment import freq_warp
 from sedlib.training.mixup import Mix
-from sedlib.training.stage1 import TARGET_KEYS, Stage1Module, optimizer_groups
+from sedlib.training.stage1 import TARGET_KEYS, Stage1Module, group_rows, optimizer_groups
 
 
 class Stage2Module(Stage1Module):
@@ -56,7 +56,9 @@ class Stage2Module(Stage1Module):
                 out[group] = freq_warp(atst[group], self.hp["freq_warp_min"], self.rng)
         return out
 
-    def ict(self, student: SEDOutput, teacher: SEDOutput, mixes: list[Mix | None]) -> torch.Tensor:
+    def ict(
+        self, student: SEDOutput, teacher: SEDOutput, mixes: list[Mix | None], mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """Interpolation-consistency term, summed over the non-empty groups and divided by 2 x their number."""
         total, n_groups = student.strong.new_zeros(()), 0
         for group, m in zip(self.mix_slices, mixes):
@@ -65,37 +67,39 @@ class Stage2Module(Stage1Module):
             strong_t, weak_t = teacher.strong[group], teacher.weak[group]
             if m is not None:
                 strong_t, weak_t = losses.ict_target(strong_t, m), losses.ict_target(weak_t, m)
-            total = total + losses.mse(student.strong[group], strong_t) + losses.mse(student.weak[group], weak_t) / 2
+            mask_g = group_rows(mask, group)
+            total = total + losses.mse(student.strong[group], strong_t, mask_g) + losses.mse(student.weak[group], weak_t, mask_g) / 2
             n_groups += 1
         return total / (2 * n_groups)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        mixed, mixes = self.mixup({k: batch[k] for k in ("crnn_mel", "atst_mel", *TARGET_KEYS) if k in batch})
+        mixed, mixes = self.mixup({k: batch[k] for k in ("crnn_mel", "atst_mel", *TARGET_KEYS) if k in batch}, batch)
+        mask = self.class_mask(batch)
         crnn_s, atst_s = self.crnn_frontend.normalize(mixed["crnn_mel"]), self.atst_frontend.normalize(mixed["atst_mel"])
         crnn_t, atst_t = self.crnn_frontend.normalize(batch["crnn_mel"]), self.atst_frontend.normalize(batch["atst_mel"])
         if self.rng.random() < self.hp["freq_warp_p"]:
             atst_s, atst_t = self.warp(atst_s), self.warp(atst_t)
-        student = self.sed_student(crnn_s, atst_feats=atst_s)
+        student = self.sed_student(crnn_s, atst_feats=atst_s, class_mask=mask)
         with torch.no_grad():
-            teacher = self.sed_teacher(crnn_t, atst_feats=atst_t)
-        supervised = self.supervised(student, mixed)
+            teacher = self.sed_teacher(crnn_t, atst_feats=atst_t, class_mask=mask)
+        supervised = self.supervised(student, mixed, mask)
         weight = self.consistency_weight()
         if mixes is not None:
-            consistency = self.ict(student, teacher, mixes)
+            consistency = self.ict(student, teacher, mixes, mask)
             self_loss = consistency * weight / 4
         else:
-            consistency = losses.mse(student.strong, teacher.strong) + losses.mse(student.weak, teacher.weak) / 2
+            consistency = losses.mse(student.strong, teacher.strong, mask) + losses.mse(student.weak, teacher.weak, mask) / 2
             self_loss = consistency * weight
-        distillation = self.distillation(student, mixed)
+        distillation = self.distillation(student, mixed, mask)
         loss = supervised + self_loss + self.distil_weight * distillation
         self.log_train(len(crnn_s), loss=loss, supervised=supervised, consistency=consistency,
                        consistency_weight=weight, distillation=distillation)  # fmt: skip
         return loss
 
     def predict_pair(self, batch: dict[str, torch.Tensor]) -> tuple[SEDOutput, SEDOutput]:
-        crnn = self.crnn_frontend.normalize(batch["crnn_mel"])
+        crnn, mask = self.crnn_frontend.normalize(batch["crnn_mel"]), self.class_mask(batch)
         atst = self.atst_frontend.normalize(batch["atst_mel"])
-        return self.sed_student(crnn, atst_feats=atst), self.sed_teacher(crnn, atst_feats=atst)
+        return self.sed_student(crnn, atst_feats=atst, class_mask=mask), self.sed_teacher(crnn, atst_feats=atst, class_mask=mask)
 
     def objective(self, metrics: dict[str, float]) -> float:
         """Stage 2: the teacher's PSDS1 + PSDS2 on the strong validation splits (higher is better)."""
