@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sedlib.config import ConfigError, labelled_classes, load_config, output_classes, stage_config, validate_config
+from sedlib.models import build_sed_model
 from sedlib.models.crnn import CRNN
 from sedlib.training import losses
 from sedlib.training.data import Geometry, Labelling, batch_groups
@@ -145,8 +146,6 @@ def fake_batch(config: dict, stage: int, masked_class: int) -> dict:
 
 @pytest.mark.parametrize("module_class", [Stage1Module, Stage2Module])
 def test_a_masked_class_gets_no_gradient_from_any_term(module_class):
-    from sedlib.models import build_sed_model
-
     stage = module_class.stage
     config = run_config(stage)
     config["training"]["stage"]["mixup_p"] = 1.0
@@ -195,3 +194,17 @@ def test_a_validation_split_can_serve_one_stage_only():
     raw["datasets"]["desed"]["splits"]["devtest"]["stages"] = [1]
     with pytest.raises(ConfigError, match="only a validation split"):
         validate_config(raw)
+
+
+def test_loss_weights_weigh_each_group_bce():
+    config = run_config(1)
+    model = build_sed_model(config, len(config["classes"]))
+    batch = fake_batch(config, 1, config["classes"].index("car"))
+    out = model(torch.rand(6, 32, Geometry.from_config(config).window["crnn"]), embeddings=batch["embeddings"])
+    mask = batch["mask"]
+    pooled = Stage1Module(config, model).supervised(out, batch, mask)
+    config["training"]["stage"]["loss_weights"] = {"maestro": 0.5, "synthetic": 2.0, "weak": 0.0}
+    weighted = Stage1Module(config, model).supervised(out, batch, mask)
+    m, s = slice(0, 2), slice(2, 4)
+    expected = 0.5 * losses.bce(out.strong[m], batch["strong"][m], mask[m]) + 2.0 * losses.bce(out.strong[s], batch["strong"][s], mask[s])
+    assert torch.allclose(weighted, expected) and not torch.allclose(pooled, weighted)

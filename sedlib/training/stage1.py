@@ -30,6 +30,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from sedlib.config import STRONG_ROLES
 from sedlib.evaluation.metrics import SCENARIOS, clips_with_events, psds
 from sedlib.evaluation.postprocess import postprocess_table, score_table
 from sedlib.features.frontends import build_frontends
@@ -193,13 +194,18 @@ class Stage1Module(L.LightningModule):
         return None if bool((mask != 0).all()) else mask
 
     def supervised(self, out: SEDOutput, targets: dict[str, torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
-        """BCE on the frames of the maestro and strong groups + weak_weight x BCE on the weak group's clip labels."""
-        loss = out.strong.new_zeros(())
-        strong, weak = self.groups["frame_labelled"], self.groups["weak"]
-        if strong.stop > strong.start:
-            loss = loss + losses.bce(out.strong[strong], targets["strong"][strong], group_rows(mask, strong))
+        """BCE on the frames of the maestro and strong groups (pooled; or per group x ``loss_weights``) +
+        weak_weight (or ``loss_weights.weak``) x BCE on the weak group's clip labels."""
+        loss, weights = out.strong.new_zeros(()), self.hp.get("loss_weights")
+        frame_groups = [(self.groups["frame_labelled"], 1.0)] if weights is None else [
+            (self.groups[role], weights.get(role, 1.0)) for role in ("maestro", *STRONG_ROLES)]
+        for group, weight in frame_groups:
+            if group.stop > group.start:
+                loss = loss + weight * losses.bce(out.strong[group], targets["strong"][group], group_rows(mask, group))
+        weak = self.groups["weak"]
+        weak_weight = self.weak_weight if weights is None else weights.get("weak", 1.0)
         if weak.stop > weak.start:
-            loss = loss + self.weak_weight * losses.bce(out.weak[weak], targets["weak"][weak], group_rows(mask, weak))
+            loss = loss + weak_weight * losses.bce(out.weak[weak], targets["weak"][weak], group_rows(mask, weak))
         return loss
 
     def distillation(self, out: SEDOutput, targets: dict[str, torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
