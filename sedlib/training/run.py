@@ -16,8 +16,10 @@ Output folder (``stage_dir`` in rules/common.smk):
 
 Run configuration (``--config-json``, built by rules/train.smk): ``stage`` (1 | 2), ``member``
 ({name, seed}), ``audio``, ``frontends``, ``model`` (workflow config sections), ``training`` (the common
-training keys plus ``stage``: the ``training.stageN`` section), ``classes`` ({dataset: class list}; all equal),
-``median_window`` (validation post-processing, frames per class).
+training keys plus ``stage``: the ``training.stageN`` section of this iteration, ``training.overrides`` merged in),
+``classes`` (the model's outputs: the union of the datasets' classes), ``datasets`` (per training dataset its
+``labelled`` output classes and ``aliases``; see check_run_config), ``median_window`` (validation
+post-processing, frames per output class).
 Inputs (``--inputs-json``): ``splits`` (list of sedlib.training.data.SplitInputs fields), and ``backbone``
 (stage 1: backbone weights) or ``init_model`` (stage 2: the iteration's stage-1 model.pt).
 Distillation is on when the splits carry pseudo-label files and ``distillation.weight`` > 0.
