@@ -86,16 +86,18 @@ def test_batch_equals_clips_one_by_one_and_frame_count():
     fbank = KaldiFbank(n_mels=128)
     batch = torch.randn(3, 16000 * 10)
     out = fbank(batch)
-    assert out.shape == (3, 998, 128) == (3, fbank.num_frames(160000), 128)
+    assert out.shape == (3, 998, 128) == (3, fbank.n_frames(160000), 128)
     for row in range(3):
         assert torch.equal(out[row], fbank(batch[row])[0])
 
 
 def test_beats_fbank_is_normalised_time_last():
     wave = torch.from_numpy(_inputs()["sine_1s"]).float()
-    feats = BEATsFbank()(wave[None])
+    frontend = BEATsFbank()
+    feats = frontend(wave[None])
     raw = numpy_kaldi_fbank(wave.numpy(), scale=2**15)
-    assert feats.shape == (1, 128, 98)
+    assert feats.shape == (1, 128, 98) and frontend.n_frames(16000) == 98
+    assert torch.equal(frontend.normalize(frontend.mel(wave[None])), feats)
     np.testing.assert_allclose(feats[0].T.numpy(), (raw - 15.41663) / (2 * 6.55582), atol=1e-5)
 
 

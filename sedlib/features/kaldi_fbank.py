@@ -14,8 +14,8 @@ at their defaults), from the Kaldi definition:
 The spectrum and filters are computed in float64 (torchaudio uses float32; float64 keeps weak bands exact),
 the result is float32.
 
-``BEATsFbank`` is ``BEATs.preprocess`` (DESED_task recipes/dcase2024_task4_baseline/local/beats/BEATs.py:135-154):
-the waveform is scaled by 2**15 (int16 range), Kaldi fbank with 128 bins at 16 kHz, 25 ms / 10 ms, then
+``BEATsFbank`` is ``BEATs.preprocess`` (DESED_task recipes/dcase2024_task4_baseline/local/beats/BEATs.py:135-154)
+with time last: the waveform is scaled by 2**15 (int16 range), Kaldi fbank with 128 bins at 16 kHz, 25 ms / 10 ms, then
 ``(fbank - 15.41663) / (2 * 6.55582)``.
 """
 
@@ -84,45 +84,63 @@ class KaldiFbank(nn.Module):
             raise ValueError(f"frame_length_ms {frame_length_ms} / frame_shift_ms {frame_shift_ms} are too short "
                              f"at {sample_rate} Hz")
         self.n_fft = 1 << (self.window_length - 1).bit_length()  # round to a power of two
-        self.preemphasis = preemphasis
+        self.low_freq, self.high_freq, self.preemphasis = low_freq, high_freq, preemphasis
         self.waveform_scale = waveform_scale
         hann = torch.hann_window(self.window_length, periodic=False, dtype=torch.float64)
         self.register_buffer("window", hann.pow(POVEY_EXPONENT), persistent=False)
         banks = kaldi_mel_banks(n_mels, self.n_fft, sample_rate, low_freq, high_freq)
         self.register_buffer("mel_banks", banks, persistent=False)
 
-    def num_frames(self, samples: int) -> int:
-        """Frames of a waveform of ``samples`` samples (snip edges): 998 for 160000 samples at 16 kHz."""
-        return 0 if samples < self.window_length else 1 + (samples - self.window_length) // self.frame_shift
+    def n_frames(self, n_samples: int) -> int:
+        """Frames of ``n_samples`` samples (snip edges): 998 for 160000 samples at 16 kHz."""
+        return 0 if n_samples < self.window_length else 1 + (n_samples - self.window_length) // self.frame_shift
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         batched = waveform if waveform.dim() == 2 else waveform.unsqueeze(0)
         if batched.dim() != 2:
             raise ValueError(f"KaldiFbank expects a waveform (B, samples) or (samples,), got {tuple(waveform.shape)}")
-        n_frames = self.num_frames(batched.shape[-1])
+        n_frames = self.n_frames(batched.shape[-1])
         if n_frames == 0:
             raise ValueError(f"KaldiFbank needs at least {self.window_length} samples, got {batched.shape[-1]}")
         samples = batched.to(torch.float64) * self.waveform_scale
         frames = samples.unfold(-1, self.window_length, self.frame_shift)  # (B, frames, window)
         frames = frames - frames.mean(dim=-1, keepdim=True)
         previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
-        frames = (frames - self.preemphasis * previous) * self.window
+        frames = (frames - self.preemphasis * previous) * self.window.double()  # float64 even after a module .to()
         power = torch.fft.rfft(frames, n=self.n_fft).abs().pow(2)  # (B, frames, n_fft // 2 + 1)
-        energies = power @ self.mel_banks
+        energies = power @ self.mel_banks.double()
         return energies.clamp(min=FLOAT32_EPS).log().to(torch.float32)
 
 
-class BEATsFbank(KaldiFbank):
-    """BEATs input features: waveform (B, samples) at 16 kHz in [-1, 1] -> normalised fbank (B, 128, frames).
-
-    Time last, like the other frontends (sedlib/features/frontends.py), i.e. the transpose of Kaldi's layout.
+class BEATsFbank(nn.Module):
+    """BEATs input features, with the frontend API of sedlib/features/frontends.py (time last):
+    ``mel(wave)``: waveform (B, samples) at 16 kHz in [-1, 1] -> log fbank (B, 128, frames), the cached quantity;
+    ``normalize(fbank)``: ``(fbank - 15.41663) / (2 * 6.55582)``; ``forward`` = normalize(mel(wave)).
     """
 
     def __init__(self):
-        super().__init__(sample_rate=BEATS_SAMPLE_RATE, n_mels=BEATS_N_MELS, frame_length_ms=25.0,
-                         frame_shift_ms=BEATS_FRAME_SHIFT_MS, waveform_scale=BEATS_WAVEFORM_SCALE)
+        super().__init__()
+        self.kaldi = KaldiFbank(sample_rate=BEATS_SAMPLE_RATE, n_mels=BEATS_N_MELS, frame_length_ms=25.0,
+                                frame_shift_ms=BEATS_FRAME_SHIFT_MS, waveform_scale=BEATS_WAVEFORM_SCALE)
+        self.sample_rate, self.n_mels, self.hop_length = BEATS_SAMPLE_RATE, BEATS_N_MELS, self.kaldi.frame_shift
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        fbank = super().forward(waveform)
-        return ((fbank - BEATS_FBANK_MEAN) / (2 * BEATS_FBANK_STD)).transpose(1, 2)
+    def params(self) -> dict:
+        """Every setting that determines the features (for provenance sidecars and cache keys)."""
+        return {"kind": "kaldi_fbank", "sample_rate": self.sample_rate, "n_mels": self.n_mels,
+                "frame_length": self.kaldi.window_length, "frame_shift": self.kaldi.frame_shift,
+                "n_fft": self.kaldi.n_fft, "window": "povey", "preemphasis": self.kaldi.preemphasis,
+                "low_freq": self.kaldi.low_freq, "high_freq": self.kaldi.high_freq,
+                "waveform_scale": BEATS_WAVEFORM_SCALE, "mean": BEATS_FBANK_MEAN, "std": BEATS_FBANK_STD}
 
+    def n_frames(self, n_samples: int) -> int:
+        """Frames of ``n_samples`` samples: 998 for 10 s (snip edges)."""
+        return self.kaldi.n_frames(n_samples)
+
+    def mel(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.kaldi(wave).transpose(1, 2)
+
+    def normalize(self, fbank: torch.Tensor) -> torch.Tensor:
+        return (fbank - BEATS_FBANK_MEAN) / (2 * BEATS_FBANK_STD)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.normalize(self.mel(wave))
