@@ -22,14 +22,17 @@ recipes/dcase2024_task4_baseline/local/beats/, cited below as BEATs.py / backbon
   only, not the maths;
 - FFN: fc1 -> activation (``activation_fn``) -> fc2.
 A fine-tuned checkpoint's AudioSet head ``predictor.*`` (``finetuned_model``) is not part of the encoder.
-``layer_wise_gradient_decay_ratio`` and ``encoder_layerdrop`` are training tricks of the reference code; the
-encoder does not apply them (sedlib uses layer-wise lr decay over :meth:`BEATsEncoder.layer_groups` instead).
+``layer_wise_gradient_decay_ratio`` (0.6 in the iter3 cfg: the gradient into each layer's input scaled, the
+forward unchanged) and ``encoder_layerdrop`` (random skipping of layers in training) are fine-tuning tricks of
+the reference code that the encoder does not apply: a constant per-parameter gradient scale is normalised away
+by Adam(W) up to its eps, and sedlib decays learning rates layer-wise over :meth:`BEATsEncoder.layer_groups`.
 
 Frame embeddings: the mean over the 8 frequency patches of each 16-frame time patch, (B, D, T') every 0.16 s.
-The references use the token sequence itself instead: the DCASE 2024 baseline stores the (B, D, T' * 8)
-tokens as its "frame" embeddings (BEATs.py:201-207), and the CPJKU winner (cpjku_dcase24 models/wrapper.py:264-275)
-resamples them to the CNN frames with ``interpolate(mode="nearest-exact")`` (README.md:138 ``embed_pool=int``),
-which picks one frequency patch per frame; :meth:`BEATsEncoder.tokens` gives that sequence.
+The references pool the time-major token sequence (B, D, T' * 8) instead (BEATs.py:201-207 returns it as the
+"frame" embeddings): the DCASE 2024 baseline average-pools it to its CNN frames (confs/pretrained.yaml
+``aggregation_type: pool1d``, desed_task/nnet/CRNN.py:279-283), the CPJKU winner resamples it with
+``interpolate(mode="nearest-exact")`` (cpjku_dcase24 models/wrapper.py:273-275, README.md:138 ``embed_pool=int``),
+which picks one token, i.e. one frequency patch, per frame. :meth:`BEATsEncoder.tokens` gives that sequence.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sedlib.features.kaldi_fbank import BEATS_FRAME_SHIFT_MS, BEATS_N_MELS
+from sedlib.io import atomic_path
 from sedlib.models.checkpoint import load_state_dict_strict, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -289,11 +293,12 @@ class BEATsEncoder(nn.Module):
     def from_config(cls, backbone_cfg: dict, **cfg_fields) -> "BEATsEncoder":
         """Randomly initialised encoder of the sizes in ``config["model"]["backbone"]`` (embed_dim, depth,
         num_heads, mlp_ratio; its other keys are not sizes and are ignored). The patch embedding has embed_dim
-        channels (no post_extract_proj). The other fields are those of the published iter3 checkpoints as we
-        know them (patch 16, post-norm with deep norm, gated relative position bias, 320 buckets up to 800),
-        overridden by ``cfg_fields`` (BEATsConfig names); a loaded checkpoint's own ``cfg`` always wins."""
+        channels (no post_extract_proj). The other fields are those of the ``cfg`` of BEATs_iter3(+) checkpoints
+        as public code transcribes it (patch 16, post-norm with deep norm, gated relative position bias with
+        320 buckets up to 800, no dropout; not checked against a checkpoint here), overridden by
+        ``cfg_fields`` (BEATsConfig names). A loaded checkpoint's own ``cfg`` always wins."""
         cfg = {"input_patch_size": 16, "deep_norm": True, "relative_position_embedding": True, "gru_rel_pos": True,
-               "max_distance": 800, "embed_dim": backbone_cfg["embed_dim"],
+               "max_distance": 800, "dropout": 0.0, "attention_dropout": 0.0, "embed_dim": backbone_cfg["embed_dim"],
                "encoder_embed_dim": backbone_cfg["embed_dim"], "encoder_layers": backbone_cfg["depth"],
                "encoder_attention_heads": backbone_cfg["num_heads"],
                "encoder_ffn_embed_dim": int(backbone_cfg["embed_dim"] * backbone_cfg["mlp_ratio"])}
@@ -373,3 +378,10 @@ class BEATsEncoder(nn.Module):
             state = {k: v for k, v in state.items() if not k.startswith(PREDICTOR_PREFIX)}
         load_state_dict_strict(encoder, state, f"{path} (BEATs 'model')")
         return encoder.eval()
+
+    def save_official(self, path: str | Path) -> None:
+        """Write the encoder atomically in the official layout ``{"cfg", "model"}`` (readable by load_official
+        and by the reference ``BEATs`` class)."""
+        payload = {"cfg": dict(self.cfg), "model": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
