@@ -190,6 +190,11 @@ def test_not_a_beats_checkpoint_or_bad_cfg_is_refused(tmp_path):
     with pytest.raises(ValueError, match="bad_cfg.pt: cfg: .*not divisible by encoder_attention_heads 5.*"
                                          "deep_norm and layer_norm_first exclude each other"):
         BEATsEncoder.load_official(tmp_path / "bad_cfg.pt")
+    checkpoint["cfg"].update(layer_norm_first="no", encoder_layers=12.0)
+    torch.save(checkpoint, tmp_path / "bad_types.pt")
+    with pytest.raises(ValueError, match="bad_types.pt: cfg: encoder_layers must be an integer, got 12.0; "
+                                         "layer_norm_first must be true or false, got 'no'"):
+        BEATsEncoder.load_official(tmp_path / "bad_types.pt")
     with pytest.raises(ValueError, match="unknown BEATsConfig fields \\['patch'\\]"):
         BEATsEncoder.from_config(TINY, patch=16)
     with pytest.raises(ValueError, match=r"expects a normalised fbank \(B, 128, frames\), got \(2, 64, 100\)"):

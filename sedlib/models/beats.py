@@ -47,7 +47,6 @@ from torch.nn import functional as F
 
 from sedlib.features.kaldi_fbank import BEATS_FRAME_SHIFT_MS, BEATS_N_MELS
 from sedlib.io import atomic_path
-from sedlib.models.checkpoint import load_state_dict_strict, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +78,13 @@ def beats_config(cfg: dict, source: str = "BEATs cfg") -> dict:
     if unknown:
         log.warning("%s: ignoring fields the encoder does not use: %s", source, ", ".join(unknown))
     full = {key: cfg.get(key, default) for key, default in BEATS_CONFIG_DEFAULTS.items()}
-    problems = []
-    if full["input_patch_size"] < 1:
-        problems.append(f"input_patch_size must be >= 1, got {full['input_patch_size']}")
+    problems = [f"{key} must be {_type_name(BEATS_CONFIG_DEFAULTS[key])}, got {value!r}"
+                for key, value in full.items() if not _same_kind(value, BEATS_CONFIG_DEFAULTS[key])]
+    if problems:
+        raise ValueError(f"{source}: " + "; ".join(problems))
+    for key in ("input_patch_size", "encoder_layers", "encoder_embed_dim", "encoder_attention_heads", "embed_dim"):
+        if full[key] < 1:
+            problems.append(f"{key} must be >= 1, got {full[key]}")
     if full["encoder_embed_dim"] % full["encoder_attention_heads"]:
         problems.append(f"encoder_embed_dim {full['encoder_embed_dim']} is not divisible by "
                         f"encoder_attention_heads {full['encoder_attention_heads']}")
@@ -97,6 +100,19 @@ def beats_config(cfg: dict, source: str = "BEATs cfg") -> dict:
     if problems:
         raise ValueError(f"{source}: " + "; ".join(problems))
     return full
+
+
+def _same_kind(value, default) -> bool:
+    """bool for a bool field, int (not bool) for an int field, a number for a float field, str for a str field."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def _type_name(default) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[type(default)]
 
 
 def relative_position_buckets(length: int, num_buckets: int, max_distance: int) -> torch.Tensor:
@@ -367,6 +383,8 @@ class BEATsEncoder(nn.Module):
         eval mode. Tensors-only unpickling (read_checkpoint); strict keys: a missing or unexpected key or a
         shape conflict raises ValueError listing them. ``predictor.*`` (the AudioSet head of a fine-tuned
         checkpoint, ``cfg.finetuned_model``) is dropped; without ``finetuned_model`` it is unexpected."""
+        from sedlib.models.checkpoint import load_state_dict_strict, read_checkpoint  # imports sedlib.models
+
         checkpoint = read_checkpoint(path)
         for field in ("cfg", "model"):
             if not isinstance(checkpoint.get(field), dict):
