@@ -22,6 +22,7 @@ SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
 STRONG_ROLES = ("strong_real", "synthetic", "strong")
 TRAIN_ROLES = (*STRONG_ROLES, "weak", "unlabeled")
 SCORED_ROLES = ("validation", "test")  # strong labels, scored against their audio (model selection, test)
+EVALUATED_LABELS = ("strong", "soft")  # label kinds of evaluation.splits: PSDS (strong) / MAESTRO mpAUC (soft)
 ROLES = (*TRAIN_ROLES, *SCORED_ROLES, "pretrain")
 
 
@@ -132,24 +133,27 @@ def _check_cross_fields(config: dict, source: str) -> None:
             if split["labels"] != "none" and not split.get("metadata"):
                 fail(f"datasets.{ds_name}.splits.{split_name}.metadata", f"required for labels '{split['labels']}'")
     n_classes = {len(ds["classes"]) for ds in config["datasets"].values()}
+    for ds_name, ds in config["datasets"].items():
+        unknown = [c for c in ds.get("scored_classes") or [] if c not in ds["classes"]]
+        if unknown:
+            fail(f"datasets.{ds_name}.scored_classes", f"{unknown} are not among the dataset's classes")
     evaluation = config["evaluation"]
     if evaluation["splits"] is None:
         evaluation["splits"] = [f"{d}/{s}" for d, s in splits_with_role(config, "test")]
         if not evaluation["splits"]:
             fail("evaluation.splits", "no split has role 'test': give a split that role or list the splits to score")
     if isinstance(evaluation["median_window"], int):
-        first_dataset = split_ref(evaluation["splits"][0])[0]
-        n_first = len(config["datasets"].get(first_dataset, {}).get("classes", []))
-        evaluation["median_window"] = [evaluation["median_window"]] * n_first
+        evaluation["median_window"] = [evaluation["median_window"]] * len(output_classes(config))
     for ref in evaluation["splits"]:
         ds_name, split_name = split_ref(ref)
         split = config["datasets"].get(ds_name, {}).get("splits", {}).get(split_name)
         if split is None:
             fail("evaluation.splits", f"'{ref}' names no configured dataset/split")
-        if split["labels"] != "strong":
-            fail("evaluation.splits", f"'{ref}' must have strong labels to be scored")
-    if len(evaluation["median_window"]) not in n_classes:
-        fail("evaluation.median_window", f"needs one window per class ({sorted(n_classes)})")
+        if split["labels"] not in EVALUATED_LABELS:
+            fail("evaluation.splits", f"'{ref}' must have strong (PSDS) or soft (MAESTRO mpAUC) labels to be scored")
+    if len(evaluation["median_window"]) != len(output_classes(config)):
+        fail("evaluation.median_window", f"needs one window per output class ({len(output_classes(config))}: "
+                                         "every dataset's classes in configuration order, each once)")
     val_window = config["training"].get("val_median_window")
     if val_window is not None and len(val_window) not in n_classes:
         fail("training.val_median_window", f"needs one window per class ({sorted(n_classes)})")
@@ -158,6 +162,18 @@ def _check_cross_fields(config: dict, source: str) -> None:
         fail("training.members", f"member names must be unique, got {names}")
     if "ensemble" in names:
         fail("training.members", "'ensemble' is reserved (results/iter{i}/pseudo_labels/ensemble/ holds the averages)")
+
+
+def output_classes(config: dict) -> list[str]:
+    """The model's output classes: the union of the datasets' class lists in configuration order, each once
+    (DESED's 10 then MAESTRO's 17 for the joint model)."""
+    return list(dict.fromkeys(c for ds in config["datasets"].values() for c in ds["classes"]))
+
+
+def scored_classes(config: dict, dataset: str) -> list[str]:
+    """Classes a dataset's evaluation splits are scored on: ``datasets.<name>.scored_classes`` (null = all)."""
+    ds = config["datasets"][dataset]
+    return list(ds.get("scored_classes") or ds["classes"])
 
 
 def section_json(config: dict, *keys: str) -> str:
