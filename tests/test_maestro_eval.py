@@ -16,7 +16,7 @@ from sedlib.evaluation import chunk_merge as C
 from sedlib.evaluation import maestro_metrics as MM
 from sedlib.evaluation import metrics as M
 from sedlib.evaluation import postprocess as P
-from sedlib.evaluation.plots import metrics_table_html, roc_keys
+from sedlib.evaluation.plots import configure_plot, metrics_table_html, roc_keys
 
 HOP = 0.25  # s, frame hop of the hand-made tables (divides the 5 s chunk hop: chunk grids coincide)
 CLASSES = ["car", "birds", "wind"]
@@ -302,3 +302,8 @@ def test_joint_evaluation_scores_each_split_on_its_classes(tmp_path, maestro):
                                                              ("a_stage1_teacher", "a_teacher") for s in M.SCENARIOS}
     page = metrics_table_html(doc)
     assert "MAESTRO: mpAUC per class" in page and f"{entry['mpauc']['per_class']['birds']:.3f}" in page
+    plot = configure_plot(argparse.ArgumentParser())
+    assert plot(argparse.Namespace(eval_json=str(out), roc_file=str(rocs), comparison_out=str(tmp_path / "cmp.png"),
+                                   model_plot_dir=str(tmp_path / "models"), table_out=str(tmp_path / "table.html"),
+                                   activity_out=[], config_json=json.dumps(config["evaluation"]))) == 0
+    assert (tmp_path / "models" / "iter1" / "a_teacher.png").is_file() and (tmp_path / "table.html").is_file()
