@@ -366,6 +366,8 @@ def evaluated_models():
 
 
 def activity_source():
-    """The activity plots show the last iteration's ensemble on the first evaluation split."""
-    dataset, split = eval_splits()[0]
+    """The activity plots show the last iteration's ensemble on the first strongly labelled evaluation split
+    (else the first evaluation split)."""
+    strong = [(d, s) for d, s in eval_splits() if split_cfg(d, s)["labels"] == "strong"]
+    dataset, split = (strong or eval_splits())[0]
     return iterations()[-1], dataset, split

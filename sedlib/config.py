@@ -23,6 +23,7 @@ STRONG_ROLES = ("strong_real", "synthetic", "strong")
 TRAIN_ROLES = ("maestro", *STRONG_ROLES, "weak", "unlabeled")  # maestro: soft strong labels, first as in the
 # DCASE 2024 baseline's batch (confs/pretrained.yaml batch_size: [maestro, synth, strong, weak, unlabel])
 SCORED_ROLES = ("validation", "test")  # strong labels, scored against their audio (model selection, test)
+EVALUATED_LABELS = ("strong", "soft")  # label kinds of evaluation.splits: PSDS (strong) / MAESTRO mpAUC (soft)
 ROLES = (*TRAIN_ROLES, *SCORED_ROLES, "pretrain")
 
 
@@ -139,24 +140,27 @@ def _check_cross_fields(config: dict, source: str) -> None:
             if other not in output_classes(config) or other in ds["classes"]:
                 fail(f"datasets.{ds_name}.aliases", f"'{own}' -> '{other}': expected a class of another dataset")
     n_classes = {len(ds["classes"]) for ds in config["datasets"].values()}
+    for ds_name, ds in config["datasets"].items():
+        unknown = [c for c in ds.get("scored_classes") or [] if c not in ds["classes"]]
+        if unknown:
+            fail(f"datasets.{ds_name}.scored_classes", f"{unknown} are not among the dataset's classes")
     evaluation = config["evaluation"]
     if evaluation["splits"] is None:
         evaluation["splits"] = [f"{d}/{s}" for d, s in splits_with_role(config, "test")]
         if not evaluation["splits"]:
             fail("evaluation.splits", "no split has role 'test': give a split that role or list the splits to score")
     if isinstance(evaluation["median_window"], int):
-        first_dataset = split_ref(evaluation["splits"][0])[0]
-        n_first = len(config["datasets"].get(first_dataset, {}).get("classes", []))
-        evaluation["median_window"] = [evaluation["median_window"]] * n_first
+        evaluation["median_window"] = [evaluation["median_window"]] * len(output_classes(config))
     for ref in evaluation["splits"]:
         ds_name, split_name = split_ref(ref)
         split = config["datasets"].get(ds_name, {}).get("splits", {}).get(split_name)
         if split is None:
             fail("evaluation.splits", f"'{ref}' names no configured dataset/split")
-        if split["labels"] != "strong":
-            fail("evaluation.splits", f"'{ref}' must have strong labels to be scored")
-    if len(evaluation["median_window"]) not in n_classes:
-        fail("evaluation.median_window", f"needs one window per class ({sorted(n_classes)})")
+        if split["labels"] not in EVALUATED_LABELS:
+            fail("evaluation.splits", f"'{ref}' must have strong (PSDS) or soft (MAESTRO mpAUC) labels to be scored")
+    if len(evaluation["median_window"]) != len(output_classes(config)):
+        fail("evaluation.median_window", f"needs one window per output class ({len(output_classes(config))}: "
+                                         "every dataset's classes in configuration order, each once)")
     val_window = config["training"].get("val_median_window")
     if val_window is not None and len(val_window) != len(output_classes(config)):
         fail("training.val_median_window", f"needs one window per output class ({len(output_classes(config))})")
@@ -226,6 +230,12 @@ def labelled_classes(config: dict, dataset: str) -> list[str]:
     ds = config["datasets"][dataset]
     own = set(ds["classes"]) | set(ds["aliases"].values())
     return [c for c in output_classes(config) if c in own]
+
+
+def scored_classes(config: dict, dataset: str) -> list[str]:
+    """Classes a dataset's evaluation splits are scored on: ``datasets.<name>.scored_classes`` (null = all)."""
+    ds = config["datasets"][dataset]
+    return list(ds.get("scored_classes") or ds["classes"])
 
 
 def section_json(config: dict, *keys: str) -> str:

@@ -284,7 +284,7 @@ def test_evaluate_command_writes_the_documented_json(tmp_path, devtest, repo_roo
     assert doc["config_sha256"] == sha256_json(config)
     assert doc["missing_audio"] == {"policy": "error", "dropped": {}}
     entry = doc["results"]["iter1"]["m_teacher"]["desed/devtest"]
-    assert list(entry) == ["clips", "clips_without_events", "events", "hours", "psds1", "psds2", "f1", "seconds"]
+    assert list(entry) == ["metric", "clips", "clips_without_events", "events", "hours", "psds1", "psds2", "f1", "seconds"]
     assert entry["clips"] == len(sub_gt) and entry["clips_without_events"] == 1
     post = P.postprocess_tables({c: tables[c] for c in sub_gt}, config["evaluation"]["median_window"])
     sub_dur = {c: durations[c] for c in sub_gt}

@@ -1,8 +1,9 @@
 """The procedure's claims, checked on eval_psds.json results (its ``claims`` section, docs/evaluation.md).
 
-Per evaluated split: in every iteration, stage 2 >= stage 1 of each member (stage-2 teacher, else student, vs.
+Per evaluated split and headline metric (PSDS1 and PSDS2 of a strongly labelled split, mpAUC of a MAESTRO
+split): in every iteration, stage 2 >= stage 1 of each member (stage-2 teacher, else student, vs.
 the stage-1 teacher) and the ensemble >= the best single stage-2 network; and the last iteration's ensemble >=
-the first's. Each comparison reports both PSDS values with their bootstrap 95 % CIs, the difference and its
+the first's. Each comparison reports both values with their bootstrap 95 % CIs, the difference and its
 paired bootstrap CI: every model scored on a split is resampled with the same clip draws (same seed, same
 sorted clips), so the difference of two models' bootstrap samples is the bootstrap of their difference.
 """
@@ -14,19 +15,20 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 STAGE1 = "_stage1_teacher"  # suffix of a member's stage-1 teacher model name
-SCENARIOS = ("psds1", "psds2")
-Bootstrap = Mapping[tuple[str, str, str, str], np.ndarray]  # (iteration, model, split, scenario) -> (n,) PSDS
+CLAIMED = ("psds1", "psds2", "mpauc")  # the metrics compared, those an entry has (higher is better for each)
+Bootstrap = Mapping[tuple[str, str, str, str], np.ndarray]  # (iteration, model, split, metric) -> (n,) values
 Interval = Callable[[np.ndarray], list[float]]  # bootstrap samples -> [low, high] ([] without samples)
 
 
 def compare(
     results: Mapping[str, Any], bootstrap: Bootstrap, split: str, a: tuple[str, str], b: tuple[str, str],
-    scenario: str, confidence_interval: Interval,
+    metric: str, confidence_interval: Interval,
 ) -> dict[str, Any]:
-    """Claim 'a >= b' for one scenario; ``a``, ``b``: (iteration, model) scored on ``split``."""
-    entries = [results[it][model][split][scenario] for it, model in (a, b)]
-    samples = [bootstrap.get((it, model, split, scenario), np.empty(0)) for it, model in (a, b)]
+    """Claim 'a >= b' for one metric (psds1, psds2, mpauc); ``a``, ``b``: (iteration, model) scored on ``split``."""
+    entries = [results[it][model][split][metric] for it, model in (a, b)]
+    samples = [bootstrap.get((it, model, split, metric), np.empty(0)) for it, model in (a, b)]
     paired = samples[0] - samples[1] if len(samples[0]) == len(samples[1]) else np.empty(0)
+    paired = paired[np.isfinite(paired)]  # a MAESTRO draw without any defined class has no value
     difference = entries[0]["value"] - entries[1]["value"]
     return {
         "a": "/".join(a), "b": "/".join(b),
@@ -41,8 +43,9 @@ def compare(
 def procedure_claims(
     results: Mapping[str, Any], bootstrap: Bootstrap, members: Sequence[str], confidence_interval: Interval
 ) -> dict[str, Any]:
-    """``{"dataset/split": {"iter{i}": {"stage2_vs_stage1": {member: {scenario: claim}}, "ensemble_vs_best_member":
-    {scenario: claim}}, "iteration_last_vs_first": {scenario: claim}}}`` (``compare`` claims).
+    """``{"dataset/split": {"iter{i}": {"stage2_vs_stage1": {member: {metric: claim}}, "ensemble_vs_best_member":
+    {metric: claim}}, "iteration_last_vs_first": {metric: claim}}}`` (``compare`` claims; metrics: those of CLAIMED
+    that the split's entries have).
 
     ``results``: eval_psds.json's ``results``; ``bootstrap``: the bootstrap PSDS samples of its entries;
     ``confidence_interval(samples) -> [low, high]``. A comparison whose models are not in ``results`` is left out.
@@ -55,8 +58,9 @@ def procedure_claims(
         return split in results.get(iteration, {}).get(model, {})
 
     def claim(split: str, a: tuple[str, str], b: Callable[[str], tuple[str, str]]) -> dict[str, Any]:
-        """{scenario: a >= b(scenario)}."""
-        return {sc: compare(results, bootstrap, split, a, b(sc), sc, confidence_interval) for sc in SCENARIOS}
+        """{metric: a >= b(metric)}."""
+        entry = results[a[0]][a[1]][split]
+        return {m: compare(results, bootstrap, split, a, b(m), m, confidence_interval) for m in CLAIMED if m in entry}
 
     for split in splits:
         per_split: dict[str, Any] = {}
@@ -82,7 +86,7 @@ def procedure_claims(
 
 
 def claim_rows(claims: Mapping[str, Any]) -> list[tuple[str, str, str, dict[str, Any]]]:
-    """(split, claim name, scenario, claim) of a ``procedure_claims`` document, in its order (for tables)."""
+    """(split, claim name, metric, claim) of a ``procedure_claims`` document, in its order (for tables)."""
     rows = []
     for split, per_split in claims.items():
         for key, value in per_split.items():

@@ -1,6 +1,8 @@
 """Evaluation metrics on post-processed score tables: PSDS1/PSDS2 (every threshold, sed_scores_eval's
 definitions computed by :mod:`sedlib.evaluation.fast_psds`), bootstrapped confidence intervals, per-class PSDS,
-collar-based event F1 and the psds_eval cross-check.
+collar-based event F1 and the psds_eval cross-check of strongly labelled splits; MAESTRO's mpAUC of softly
+labelled (chunked) splits (:mod:`sedlib.evaluation.maestro_metrics`). Each split is scored on its dataset's
+scored classes only (the joint model's tables have every dataset's classes).
 
 Units: times in seconds, eFPR in false positives per hour, median windows in output frames.
 The methodology and the ``eval_psds.json`` schema are documented in docs/evaluation.md.
@@ -26,8 +28,10 @@ from psds_eval import PSDSEval
 from sed_scores_eval import collar_based, intersection_based
 from sed_scores_eval.base_modules.io import read_audio_durations, read_ground_truth_events
 
-from sedlib.config import validate_config
+from sedlib.config import output_classes, scored_classes, split_ref, validate_config
 from sedlib.data.check import listed_clips
+from sedlib.evaluation import maestro_metrics
+from sedlib.evaluation.chunk_merge import read_soft_events
 from sedlib.evaluation.claims import procedure_claims
 from sedlib.evaluation.fast_psds import DetectionTrees, IntersectionDeltas, PSDSScenario, intersection_deltas, psd_roc
 from sedlib.evaluation.postprocess import (
@@ -36,11 +40,12 @@ from sedlib.evaluation.postprocess import (
     events_dataframe,
     postprocess_tables,
     read_score_dir,
+    select_classes,
     table_classes,
 )
 from sedlib.io import atomic_path, sha256_file, sha256_json, write_json
 
-FORMAT = "sedlib.eval_psds/1"
+FORMAT = "sedlib.eval_psds/2"
 PACKAGES = ("sedlib", "torch", "numpy", "pandas", "scipy", "sed_scores_eval", "psds_eval", "snakemake")
 CONFIDENCE = 0.95
 PSDS_EVAL_DEFAULT_CTTC = 0.3  # psds_eval needs a value even when alpha_ct = 0 (it is then unused)
@@ -351,14 +356,49 @@ def dropped_clips(splits: Mapping[str, Mapping[str, str]]) -> dict[str, list[str
 
 
 # ----------------------------------------------------------------------------- command
-def _evaluate_job(job: tuple[dict, dict, dict, dict]) -> tuple[dict, dict, dict]:
-    score, ground_truth, durations, settings = job
+class SplitTruth(NamedTuple):
+    """What one evaluation split is scored against."""
+
+    metric: str  # "psds" (strong labels) | "mpauc" (soft labels: MAESTRO chunks)
+    classes: list[str]  # the dataset's scored classes: the score tables' columns used
+    windows: list[int]  # median filter (frames) of each of those classes
+    ground_truth: dict  # psds: {clip: [Event]}; mpauc: {chunk: [SoftEvent]}
+    durations: dict[str, float]  # s per clip (chunk)
+    clips: list[str]  # the score tables read: clips with events (psds), every chunk (mpauc)
+
+
+def split_truth(ref: str, paths: Mapping[str, str], config: dict) -> SplitTruth:
+    """The ground truth of an evaluation split and how it is scored (by its dataset's label kind and classes)."""
+    dataset, split = split_ref(ref)
+    classes = scored_classes(config, dataset)
+    every_class = output_classes(config)
+    windows = [config["evaluation"]["median_window"][every_class.index(c)] for c in classes]
+    durations = read_durations(paths["durations"])
+    if config["datasets"][dataset]["splits"][split]["labels"] == "soft":
+        return SplitTruth("mpauc", classes, windows, read_soft_events(paths["metadata"]), durations, sorted(durations))
+    ground_truth = read_ground_truth(paths["metadata"])
+    clips = sorted(c for c, events in ground_truth.items() if events)
+    return SplitTruth("psds", classes, windows, ground_truth, durations, clips)
+
+
+def _evaluate_job(job: tuple[dict, SplitTruth, dict]) -> tuple[dict, dict, dict]:
+    score, truth, settings = job
     timings: dict[str, float] = {}
     with stopwatch(timings, "read_scores"):
-        tables = read_score_dir(score["dir"], clips=sorted(c for c, events in ground_truth.items() if events))
-    entry, rocs, bootstrap = evaluate_tables(tables, ground_truth, durations, settings)
-    entry["seconds"] = {**timings, **entry["seconds"]}
-    return entry, {name: (r.etpr, r.efpr, r.value) for name, r in rocs.items()}, bootstrap
+        tables = {clip: select_classes(t, truth.classes) for clip, t in read_score_dir(score["dir"], truth.clips).items()}
+    if truth.metric == "psds":
+        split_settings = {**settings, "median_window": truth.windows}
+        entry, rocs, bootstrap = evaluate_tables(tables, truth.ground_truth, truth.durations, split_settings)
+        entry = {"metric": truth.metric, **entry, "seconds": {**timings, **entry["seconds"]}}
+        return entry, {name: (r.etpr, r.efpr, r.value) for name, r in rocs.items()}, bootstrap
+    with stopwatch(timings, "postprocess"):
+        tables = postprocess_tables(tables, truth.windows)
+    with stopwatch(timings, "mpauc"):
+        entry, bootstrap = maestro_metrics.evaluate_chunks(
+            tables, truth.ground_truth, truth.durations, settings["f1"]["threshold"], settings["bootstrap"],
+            confidence_interval,
+        )
+    return {"metric": truth.metric, **entry, "seconds": timings}, {}, bootstrap
 
 
 def evaluate_all(
@@ -373,11 +413,8 @@ def evaluate_all(
     """
     start_all = time.perf_counter()
     settings = config["evaluation"]
-    truth = {
-        ref: (read_ground_truth(paths["metadata"]), read_durations(paths["durations"]))
-        for ref, paths in inputs["splits"].items()
-    }
-    work = [(score, *truth[score["split"]], settings) for score in inputs["scores"]]
+    truth = {ref: split_truth(ref, paths, config) for ref, paths in inputs["splits"].items()}
+    work = [(score, truth[score["split"]], settings) for score in inputs["scores"]]
     if jobs > 1 and len(work) > 1:
         with ProcessPoolExecutor(max_workers=min(jobs, len(work))) as pool:
             outputs = list(pool.map(_evaluate_job, work))
@@ -391,7 +428,8 @@ def evaluate_all(
         results.setdefault(iteration, {}).setdefault(score["model"], {})[score["split"]] = entry
         for name, roc in entry_rocs.items():
             rocs[f"{iteration}/{score['model']}/{score['split']}/{name}"] = roc
-            bootstrap[iteration, score["model"], score["split"], name] = entry_bootstrap[name]
+        for name, samples in entry_bootstrap.items():
+            bootstrap[iteration, score["model"], score["split"], name] = samples
     members = [m["name"] for m in config["training"]["members"]]
     document = {
         "format": FORMAT,
@@ -404,12 +442,18 @@ def evaluate_all(
             "scenarios": {name: asdict(s) for name, s in SCENARIOS.items()},
             "unit_of_time": "hour",
             "median_window_frames": list(settings["median_window"]),
+            "splits": {ref: {"metric": t.metric, "classes": t.classes, "median_window_frames": t.windows}
+                       for ref, t in truth.items()},
             "clips": "clips with at least one ground-truth event (as the published test)",
             "bootstrap": {**settings["bootstrap"], "method": "percentile, clips drawn with replacement",
                           "confidence": CONFIDENCE,
                           "paired": "every model on a split uses the same draws (claims' difference_ci95)"},
             "f1": {**settings["f1"], "offset_collar_seconds_min": settings["f1"]["onset_collar"]},
             "psds_eval_thresholds": {"n": settings["psds_eval_thresholds"], "values": "(2k + 1) / (2n), k = 0 .. n - 1"},
+            "mpauc": {"segment_seconds": maestro_metrics.SEGMENT_SECONDS, "max_fpr": maestro_metrics.MAX_FPR,
+                      "min_confidence": maestro_metrics.MIN_CONFIDENCE, "f1_threshold": settings["f1"]["threshold"],
+                      "recordings": "chunk score tables overlap-averaged onto their recordings; bootstrap draws "
+                                    "recordings"},
         },
         "missing_audio": {"policy": settings["missing_audio"], "dropped": dropped_clips(inputs["splits"])},
         "results": results,

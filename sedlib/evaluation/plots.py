@@ -4,7 +4,8 @@
   (PSDS1 and PSDS2 panels, one curve per evaluation split) and one comparison figure (one panel per scenario
   and split, one curve per iteration and model);
 - per-clip activity: post-processed scores of every class against the ground truth (or alone, for inference);
-- metrics table: an HTML table of eval_psds.json (values, 95 % intervals, psds_eval cross-check, F1).
+- metrics table: HTML tables of eval_psds.json: PSDS entries (values, 95 % intervals, psds_eval cross-check, F1),
+  MAESTRO entries (mpAUC, mAUC, segment F1 with intervals; per-class mpAUC), claims.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def comparison_figure(rocs: Mapping[str, Roc], path: str | Path) -> None:
     splits = list(dict.fromkeys(f"{p[2]}/{p[3]}" for p, _ in parsed))
     colours = {m: f"C{k % 10}" for k, m in enumerate(dict.fromkeys(p[1] for p, _ in parsed))}
     styles = {it: ("-", "--", ":", "-.")[k % 4] for k, it in enumerate(dict.fromkeys(p[0] for p, _ in parsed))}
-    fig, axes = plt.subplots(len(SCENARIOS), len(splits), figsize=(6 * len(splits), 4.5 * len(SCENARIOS)), squeeze=False)
+    columns = len(splits) or 1  # an empty panel when no strongly labelled split is evaluated
+    fig, axes = plt.subplots(len(SCENARIOS), columns, figsize=(6 * columns, 4.5 * len(SCENARIOS)), squeeze=False)
     for row, (name, scenario) in enumerate(SCENARIOS.items()):
         for col, split in enumerate(splits):
             ax = axes[row][col]
@@ -123,7 +125,7 @@ def activity_clips(ground_truth: Mapping[str, Sequence[Event]], n: int) -> list[
     return ranked[:n]
 
 
-CLAIM_HEADER = ["split", "claim", "scenario", "a", "a [95 % CI]", "b", "b [95 % CI]", "a - b [95 % CI]", "a >= b"]
+CLAIM_HEADER = ["split", "claim", "metric", "a", "a [95 % CI]", "b", "b [95 % CI]", "a - b [95 % CI]", "a >= b"]
 
 
 def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -144,29 +146,63 @@ def claim_row(split: str, name: str, scenario: str, claim: Mapping[str, Any]) ->
             "yes" if claim["holds"] else "no"]
 
 
-def metrics_table_html(document: Mapping[str, Any]) -> str:
-    """HTML tables of eval_psds.json: one row per iteration, model and split; one per claim and scenario."""
+def entries(document: Mapping[str, Any], metric: str) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(iteration, model, split, entry) of eval_psds.json's results whose metric kind is ``metric``, in order."""
+    return [(iteration, model, split, entry)
+            for iteration, models in document["results"].items()
+            for model, splits in models.items()
+            for split, entry in splits.items() if entry["metric"] == metric]
+
+
+def psds_rows(document: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the PSDS table: one row per iteration, model and strongly labelled split."""
     header = ["iteration", "model", "split", "clips"]
     for name in SCENARIOS:
         header += [name.upper(), "95 % CI", f"{name.upper()} (psds_eval)"]
     header += ["event F1 (macro)"]
     rows = []
-    for iteration, models in document["results"].items():
-        for model, splits in models.items():
-            for split, entry in splits.items():
-                row = [iteration, model, split, str(entry["clips"])]
-                for name in SCENARIOS:
-                    ci = entry[name]["ci95"]
-                    row += [f"{entry[name]['value']:.4f}", f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "-",
-                            f"{entry[name]['psds_eval']:.4f}"]
-                row.append(f"{entry['f1']['macro']:.4f}")
-                rows.append(row)
+    for iteration, model, split, entry in entries(document, "psds"):
+        row = [iteration, model, split, str(entry["clips"])]
+        for name in SCENARIOS:
+            ci = entry[name]["ci95"]
+            row += [f"{entry[name]['value']:.4f}", f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "-",
+                    f"{entry[name]['psds_eval']:.4f}"]
+        row.append(f"{entry['f1']['macro']:.4f}")
+        rows.append(row)
+    return header, rows
+
+
+def mpauc_rows(document: Mapping[str, Any]) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+    """Header and rows of the MAESTRO table (one row per iteration, model and soft split: mpAUC, mAUC, segment
+    F1 with 95 % CIs), then of its per-class mpAUC table ('-': a class without events)."""
+    found = entries(document, "mpauc")
+    header = ["iteration", "model", "split", "recordings", "mpAUC [95 % CI]", "mAUC [95 % CI]",
+              "segment F1 [95 % CI]"]
+    rows = [[iteration, model, split, str(entry["recordings"]),
+             *(value_ci(entry[name]["value"], entry[name]["ci95"]) for name in ("mpauc", "mauc", "segment_f1"))]
+            for iteration, model, split, entry in found]
+    classes = list(dict.fromkeys(c for *_, entry in found for c in entry["mpauc"]["per_class"]))
+    class_rows = [[iteration, model, split, *(f"{v:.3f}" if (v := entry["mpauc"]["per_class"].get(c)) is not None
+                                              else "-" for c in classes)]
+                  for iteration, model, split, entry in found]
+    return header, rows, ["iteration", "model", "split", *classes], class_rows
+
+
+def metrics_table_html(document: Mapping[str, Any]) -> str:
+    """HTML tables of eval_psds.json: PSDS entries, MAESTRO entries and their per-class mpAUC (when a soft
+    split is evaluated), one row per claim and metric."""
+    header, rows = psds_rows(document)
+    tables = f"{html_table(header, rows)}" if rows else ""
+    maestro_header, maestro, class_header, per_class = mpauc_rows(document)
+    if maestro:
+        tables += (f"<h3>MAESTRO: segment-based (1 s) metrics on full recordings</h3>{html_table(maestro_header, maestro)}"
+                   f"<h3>MAESTRO: mpAUC per class</h3>{html_table(class_header, per_class)}")
     code = document["code_version"]
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>sedlib metrics</title>"
         "<style>table{border-collapse:collapse;font-family:sans-serif;font-size:13px}"
         "td,th{border:1px solid #aaa;padding:3px 8px;text-align:right}</style></head><body>"
-        f"{html_table(header, rows)}<h3>Claims (difference: a - b, paired bootstrap 95 % CI)</h3>"
+        f"{tables}<h3>Claims (difference: a - b, paired bootstrap 95 % CI)</h3>"
         f"{html_table(CLAIM_HEADER, [claim_row(*row) for row in claim_rows(document['claims'])])}"
         f"<p>config sha256 {document['config_sha256'][:16]}, data manifest sha256 "
         f"{document['data_manifest_sha256'][:16]}, code {html.escape(str(code['commit']))}"
@@ -175,14 +211,9 @@ def metrics_table_html(document: Mapping[str, Any]) -> str:
 
 
 def roc_keys(document: Mapping[str, Any]) -> list[str]:
-    """PSD-ROC keys 'iter{i}/{model}/{dataset}/{split}/{scenario}' of eval_psds.json, in its order."""
-    return [
-        f"{iteration}/{model}/{split}/{name}"
-        for iteration, models in document["results"].items()
-        for model, splits in models.items()
-        for split in splits
-        for name in SCENARIOS
-    ]
+    """PSD-ROC keys 'iter{i}/{model}/{dataset}/{split}/{scenario}' of eval_psds.json's PSDS entries, in its order."""
+    return [f"{iteration}/{model}/{split}/{name}" for iteration, model, split, _ in entries(document, "psds")
+            for name in SCENARIOS]
 
 
 def configure_plot(parser: argparse.ArgumentParser):

@@ -54,6 +54,15 @@ def table_classes(table: pd.DataFrame) -> list[str]:
     return validate_score_dataframe(table)[1]
 
 
+def select_classes(table: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    """The score table with only the class columns ``classes`` (in that order), e.g. one dataset's classes of a
+    joint model's table. Raises ValueError naming the missing classes."""
+    missing = [c for c in classes if c not in table_classes(table)]
+    if missing:
+        raise ValueError(f"score table: no column for classes {missing} (has {table_classes(table)})")
+    return table[["onset", "offset", *classes]]
+
+
 def median_filter_scores(scores: np.ndarray, windows: Sequence[int]) -> np.ndarray:
     """Per-class median filter over time of (frames, C) scores; ``windows[c]`` in frames.
 
