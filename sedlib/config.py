@@ -22,7 +22,7 @@ SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
 STRONG_ROLES = ("strong_real", "synthetic", "strong")
 TRAIN_ROLES = (*STRONG_ROLES, "weak", "unlabeled")
 SCORED_ROLES = ("validation", "test")  # strong labels, scored against their audio (model selection, test)
-ROLES = (*TRAIN_ROLES, *SCORED_ROLES, "pretrain")
+ROLES = (*TRAIN_ROLES, *SCORED_ROLES, "pretrain", "maestro")  # maestro: MAESTRO Real training chunks (soft labels)
 
 
 class ConfigError(ValueError):

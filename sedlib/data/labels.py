@@ -50,3 +50,21 @@ def encode_weak(labels: Iterable[str], classes: list[str]) -> np.ndarray:
     for label in labels:
         target[index[label]] = 1.0
     return target
+
+
+def encode_soft(
+    events: Iterable[tuple[float, float, str, float]], classes: list[str], n_frames: int, frame_hop: float
+) -> np.ndarray:
+    """(C, n_frames) float32 soft targets of events (onset, offset, label, confidence), times in seconds.
+
+    A frame of a class holds the highest confidence among that class's events covering it (0 where none does);
+    frames as in encode_strong (onset frame floored, offset frame ceiled).
+    """
+    index = {name: i for i, name in enumerate(classes)}
+    target = np.zeros((len(classes), n_frames), dtype=np.float32)
+    for onset, offset, label, confidence in events:
+        start = time_to_frame(onset, frame_hop, n_frames, is_offset=False)
+        stop = time_to_frame(offset, frame_hop, n_frames, is_offset=True)
+        row = target[index[label], start:stop]
+        np.maximum(row, np.float32(confidence), out=row)
+    return target

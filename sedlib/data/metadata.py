@@ -5,6 +5,9 @@ Formats (tab-separated, one header line, times and durations in seconds):
 - strong: ``filename onset offset event_label``; a clip without events is one row whose onset, offset and
   label are all empty (DESED convention; read as NaN, as ``sed_scores_eval`` expects).
 - weak: ``filename event_labels`` with comma-separated labels (empty: no target class in the clip).
+- soft: ``filename onset offset event_label confidence`` (MAESTRO Real's soft strong labels, chunked as the
+  DCASE 2024 baseline does; sedlib.data.chunks): a strong row plus the share of annotators, in [0, 1], who
+  marked the event; an event-less clip row leaves all four fields empty.
 - durations: ``filename duration``.
 
 Validation policy (documented in docs/data.md): format errors, unknown labels, bad times and contradictions
@@ -37,6 +40,7 @@ from sedlib.options import FRACTION, SEED
 log = logging.getLogger(__name__)
 
 STRONG_COLUMNS = ("filename", "onset", "offset", "event_label")
+SOFT_COLUMNS = (*STRONG_COLUMNS, "confidence")
 WEAK_COLUMNS = ("filename", "event_labels")
 DURATION_COLUMNS = ("filename", "duration")
 END_SILENT_S = 0.01  # s: overrun past the clip end accepted silently (times are given to the millisecond)
@@ -54,6 +58,7 @@ class StrongRow:
     onset: float  # s, NaN for an event-less clip row
     offset: float  # s, NaN for an event-less clip row
     label: str | None  # None for an event-less clip row
+    confidence: float = 1.0  # soft labels: share of annotators who marked the event, in [0, 1]; NaN when event-less
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,8 @@ class WeakRow:
     labels: tuple[str, ...]
 
 
-def _read_rows(path: str | Path, columns: tuple[str, ...]) -> list[tuple[int, list[str]]]:
-    """(line number, fields) of every non-blank data line; checks the header and the column count."""
+def _read_rows(path: str | Path, columns: tuple[str, ...], header: bool = True) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of every non-blank data line; checks the header (when ``header``) and the column count."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: metadata file not found")
@@ -77,11 +82,11 @@ def _read_rows(path: str | Path, columns: tuple[str, ...]) -> list[tuple[int, li
             f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save the file as UTF-8"
         ) from None
     expected = "\t".join(columns)
-    if not lines or lines[0].strip() != expected:
+    if header and (not lines or lines[0].strip() != expected):
         got = repr(lines[0]) if lines else "an empty file"
         raise ValueError(f"{path}:1: expected the header line {expected!r}, got {got}")
     rows = []
-    for number, line in enumerate(lines[1:], start=2):
+    for number, line in enumerate(lines[1:] if header else lines, start=2 if header else 1):
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -125,6 +130,43 @@ def parse_strong(path: str | Path) -> list[StrongRow]:
     return rows
 
 
+def _confidence(path: Path, line: int, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # also rejects NaN and infinities
+        raise ValueError(
+            f"{path}:{line}: column 'confidence' must be a number in [0, 1] (share of annotators), got {text!r}"
+        )
+    return value
+
+
+def parse_soft(path: str | Path, header: bool = True) -> list[StrongRow]:
+    """Rows of a soft-label TSV (strong rows with a confidence) with their line numbers; errors name file:line.
+
+    header=False reads MAESTRO's own annotation files (``onset offset event_label confidence``, no header, no
+    filename column): every row's filename is then the file's stem.
+    """
+    path = Path(path)
+    columns = SOFT_COLUMNS if header else SOFT_COLUMNS[1:]
+    rows = []
+    for line, fields in _read_rows(path, columns, header):
+        filename, onset, offset, label, confidence = fields if header else [path.stem, *fields]
+        if not (onset or offset or label or confidence):
+            rows.append(StrongRow(line, filename, math.nan, math.nan, None, math.nan))
+            continue
+        if not (onset and offset and label and confidence):
+            raise ValueError(
+                f"{path}:{line}: onset, offset, event_label and confidence must all be set (an event) or all be "
+                f"empty (a clip without events), got onset={onset!r} offset={offset!r} event_label={label!r} "
+                f"confidence={confidence!r}"
+            )
+        rows.append(StrongRow(line, filename, _number(path, line, "onset", onset),
+                              _number(path, line, "offset", offset), label, _confidence(path, line, confidence)))
+    return rows
+
+
 def parse_weak(path: str | Path) -> list[WeakRow]:
     """Rows of a weak-label TSV with their line numbers; format errors raise ValueError naming file:line."""
     path = Path(path)
@@ -142,6 +184,11 @@ def read_strong(path: str | Path) -> pd.DataFrame:
     return _strong_table(parse_strong(path))
 
 
+def read_soft(path: str | Path) -> pd.DataFrame:
+    """DataFrame[filename, onset, offset, event_label, confidence]; event-less clips have NaN in the last four."""
+    return _soft_table(parse_soft(path))
+
+
 def read_weak(path: str | Path) -> pd.DataFrame:
     """DataFrame[filename, event_labels] where event_labels is a list of class names (possibly empty)."""
     return _weak_table(parse_weak(path))
@@ -157,6 +204,12 @@ def _strong_table(rows: list[StrongRow]) -> pd.DataFrame:
         },
         columns=list(STRONG_COLUMNS),
     )
+
+
+def _soft_table(rows: list[StrongRow]) -> pd.DataFrame:
+    table = _strong_table(rows)
+    table["confidence"] = np.array([r.confidence for r in rows], dtype=np.float64)
+    return table
 
 
 def _weak_table(rows: list[WeakRow]) -> pd.DataFrame:
@@ -182,11 +235,20 @@ def read_durations(path: str | Path) -> dict[str, float]:
 
 def events_by_file(strong: pd.DataFrame) -> dict[str, list[tuple[float, float, str]]]:
     """filename -> [(onset, offset, label), ...] of a read_strong table; event-less clips map to []."""
-    events: dict[str, list[tuple[float, float, str]]] = {}
-    for filename, onset, offset, label in strong.itertuples(index=False):
+    return _events_by_file(strong, STRONG_COLUMNS)
+
+
+def soft_events_by_file(soft: pd.DataFrame) -> dict[str, list[tuple[float, float, str, float]]]:
+    """filename -> [(onset, offset, label, confidence), ...] of a read_soft table; event-less clips map to []."""
+    return _events_by_file(soft, SOFT_COLUMNS)
+
+
+def _events_by_file(table: pd.DataFrame, columns: tuple[str, ...]) -> dict[str, list[tuple]]:
+    events: dict[str, list[tuple]] = {}
+    for filename, onset, offset, label, *extra in table[list(columns)].itertuples(index=False):
         clip = events.setdefault(filename, [])
         if isinstance(label, str):
-            clip.append((float(onset), float(offset), label))
+            clip.append((float(onset), float(offset), label, *map(float, extra)))
     return events
 
 
@@ -201,6 +263,15 @@ def write_strong(path: str | Path, table: pd.DataFrame) -> None:
     for filename, onset, offset, label in table[list(STRONG_COLUMNS)].itertuples(index=False):
         text = label if isinstance(label, str) else ""
         lines.append(f"{filename}\t{_format_time(onset)}\t{_format_time(offset)}\t{text}")
+    _write_lines(path, lines)
+
+
+def write_soft(path: str | Path, table: pd.DataFrame) -> None:
+    """Write a soft table (read_soft layout) atomically; NaN rows become event-less clip rows."""
+    lines = ["\t".join(SOFT_COLUMNS)]
+    for filename, onset, offset, label, confidence in table[list(SOFT_COLUMNS)].itertuples(index=False):
+        text = label if isinstance(label, str) else ""
+        lines.append(f"{filename}\t{_format_time(onset)}\t{_format_time(offset)}\t{text}\t{_format_time(confidence)}")
     _write_lines(path, lines)
 
 
@@ -221,6 +292,9 @@ def _write_lines(path: str | Path, lines: list[str]) -> None:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+WRITERS = {"strong": write_strong, "soft": write_soft, "weak": write_weak}  # label kind -> table writer
+
+
 # ----------------------------------------------------------------------------- validation
 @dataclass
 class ValidatedMetadata:
@@ -229,7 +303,7 @@ class ValidatedMetadata:
     table: pd.DataFrame
     labels: str
     n_clips: int
-    n_events: int  # strong: event rows; weak: clip labels
+    n_events: int  # strong, soft: event rows; weak: clip labels
     class_counts: dict[str, int]
     warnings: list[str] = field(default_factory=list)
 
@@ -252,7 +326,7 @@ def validate_metadata(
 ) -> ValidatedMetadata:
     """Check a split's metadata against its classes and audio; return the validated table.
 
-    metadata: strong or weak TSV (``labels`` says which). measured_durations: durations.tsv written by
+    metadata: strong, soft or weak TSV (``labels`` says which). measured_durations: durations.tsv written by
     ``resample`` (the audio actually present, exact lengths). provided_durations: the split's own durations
     file, if any. The clip set and the clip lengths come from the measured file when given, else from the
     provided one; with neither, only the metadata itself is checked. scored: the split is scored
@@ -262,8 +336,8 @@ def validate_metadata(
     The validated table names clips by their audio file.
     """
     metadata = Path(metadata)
-    if labels not in ("strong", "weak"):
-        raise ValueError(f"{metadata}: label kind '{labels}' cannot be validated (expected strong or weak)")
+    if labels not in ("strong", "soft", "weak"):
+        raise ValueError(f"{metadata}: label kind '{labels}' cannot be validated (expected strong, soft or weak)")
     warnings: list[str] = []
     measured = read_durations(measured_durations) if measured_durations else None
     provided = read_durations(provided_durations) if provided_durations else None
@@ -272,8 +346,9 @@ def validate_metadata(
     durations = measured if measured is not None else provided
     known = set(classes)
 
-    if labels == "strong":
-        rows = _check_strong_rows(metadata, parse_strong(metadata), known, warnings)
+    if labels in ("strong", "soft"):
+        parse = parse_strong if labels == "strong" else parse_soft
+        rows = _check_strong_rows(metadata, parse(metadata), known, warnings)
     else:
         rows = _check_weak_rows(metadata, parse_weak(metadata), known, warnings)
     if not rows:
@@ -283,12 +358,12 @@ def validate_metadata(
         audio_names = _match_clips(metadata, clips, durations, scored, max_unmatched_fraction, warnings,
                                    drop_missing=missing_audio == "drop")
         rows = [replace(r, filename=audio_names[r.filename]) for r in rows if r.filename in audio_names]
-        if labels == "strong":
+        if labels != "weak":
             _check_event_ends(metadata, rows, durations, warnings)
 
     n_clips = len({r.filename for r in rows})
-    if labels == "strong":
-        table = _strong_table(rows)
+    if labels != "weak":
+        table = (_strong_table if labels == "strong" else _soft_table)(rows)
         names = [r.label for r in rows if r.label is not None]
     else:
         table = _weak_table(rows)
@@ -309,7 +384,7 @@ def _check_strong_rows(path: Path, rows: list[StrongRow], known: set[str], warni
                 raise ValueError(f"{path}:{r.line}: negative onset {r.onset} s")
             if r.offset <= r.onset:
                 raise ValueError(f"{path}:{r.line}: offset {r.offset} s must be greater than onset {r.onset} s")
-        key = (r.filename, r.onset, r.offset, r.label) if r.label is not None else (r.filename, None)
+        key = (r.filename, r.onset, r.offset, r.label, r.confidence) if r.label is not None else (r.filename, None)
         if key in seen:
             duplicates.append(f"line {r.line} (= line {seen[key]})")
             continue
@@ -468,7 +543,7 @@ def split_weak(table: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.
 
 # ----------------------------------------------------------------------------- commands
 def configure_validate_metadata(parser: argparse.ArgumentParser):
-    parser.add_argument("--metadata", required=True, help="the split's metadata TSV (strong or weak)")
+    parser.add_argument("--metadata", required=True, help="the split's metadata TSV (strong, soft or weak)")
     parser.add_argument("--durations", required=True, help="durations.tsv measured by `resample`")
     parser.add_argument(
         "--provided-durations", nargs="?", const=None, default=None, help="the split's own durations TSV, if any"
@@ -494,13 +569,13 @@ def configure_validate_metadata(parser: argparse.ArgumentParser):
         )
         for warning in result.warnings:
             log.warning(warning)
-        (write_strong if result.labels == "strong" else write_weak)(args.out, result.table)
+        WRITERS[result.labels](args.out, result.table)
         log.info(
             "%s: %d clips, %d %s, per class %s -> %s",
             args.metadata,
             result.n_clips,
             result.n_events,
-            "events" if result.labels == "strong" else "clip labels",
+            "clip labels" if result.labels == "weak" else "events",
             result.class_counts,
             args.out,
         )
