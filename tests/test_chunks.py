@@ -5,6 +5,7 @@ import pytest
 import soundfile as sf
 
 from sedlib.cli import main as cli_main
+from sedlib.data.check import check_datasets
 from sedlib.data.chunks import (chunk_bounds, chunk_name, chunk_recording, events_in_chunk, merge_chunk_events,
                                 parse_chunk_name)
 from sedlib.data.metadata import read_durations, read_soft, soft_events_by_file, validate_metadata
@@ -154,6 +155,11 @@ def test_chunk_maestro_writes_the_baseline_layout(development, tmp_path):
     result = validate_metadata(out / "metadata" / "maestro_real_validation.tsv", "soft", ["footsteps", "car"],
                                measured_durations=measured, scored=True)
     assert (result.n_clips, result.n_events) == (2, 1)
+    # check-data of the chunked folder as a local dataset: every chunk has audio and labels
+    splits = {part: {"audio": f"audio/maestro_real_{part}", "metadata": f"metadata/maestro_real_{part}.tsv",
+                     "labels": "soft", "role": role} for part, role in (("train", "maestro"), ("validation", "test"))}
+    report = check_datasets({"maestro": {"source": "local", "root": str(out), "splits": splits}})
+    assert report["ok"] and [s["n_listed"] for s in report["datasets"]["maestro"]["splits"].values()] == [19, 2]
 
 
 def test_chunk_maestro_errors_name_the_file(development, tmp_path, capsys):

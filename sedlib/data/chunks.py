@@ -223,6 +223,9 @@ def chunk_development(
     """
     files = development_files(development_dir)
     partitions = {part: read_split_list(path) for part, path in split_lists.items()}
+    unlisted = sorted(set(files) - {stem for stems in partitions.values() for stem in stems})
+    if unlisted:
+        log.info("%d recordings are in no split list, left out: %s", len(unlisted), ", ".join(unlisted))
     seen: dict[str, str] = {}
     for part, stems in partitions.items():
         for stem in stems:
