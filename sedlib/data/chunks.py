@@ -30,6 +30,7 @@ import soundfile as sf
 from sedlib.data.audio_names import is_audio_name
 from sedlib.data.metadata import DURATION_COLUMNS, SOFT_COLUMNS, parse_soft
 from sedlib.io import atomic_path, write_text
+from sedlib.options import POSITIVE
 from sedlib.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ def configure_chunk_maestro(parser: argparse.ArgumentParser):
                         help="dataset root: audio/maestro_real_{train,validation}/ and metadata/ are written there")
     parser.add_argument("--train-split", type=Path, required=True, help="baseline dprep/train_split.csv")
     parser.add_argument("--validation-split", type=Path, required=True, help="baseline dprep/validation_split.csv")
-    parser.add_argument("--window-seconds", type=float, default=WINDOW_SECONDS, help="chunk length (s)")
+    parser.add_argument("--window-seconds", type=POSITIVE, default=WINDOW_SECONDS, help="chunk length (s)")
 
     def run(args: argparse.Namespace) -> int:
         split_lists = {"train": args.train_split, "validation": args.validation_split}
