@@ -3,7 +3,8 @@
 
 
 rule synthesize:
-    """The embedded synthetic DESED-like dataset; manifest.json is written last (the whole raw tree is replaced)."""
+    """An embedded synthetic dataset, DESED-like or MAESTRO-like (synthetic.kind); manifest.json is written last (the
+    whole raw tree is replaced)."""
     output:
         f"{R}/data/{{dataset}}/raw/manifest.json",
     wildcard_constraints:

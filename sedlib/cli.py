@@ -14,7 +14,8 @@ import logging
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synthesize": ("sedlib.data.synth", "generate the embedded synthetic DESED-like dataset (44.1 kHz)"),
+    "synthesize": ("sedlib.data.synth", "generate an embedded synthetic dataset, DESED- or MAESTRO-like (44.1 kHz)"),
+    "chunk-maestro": ("sedlib.data.chunks", "cut MAESTRO Real development recordings into the baseline's 10 s chunks"),
     "download": ("sedlib.data.download", "fetch an archive over HTTP(S) with resume and sha256 check; extract it"),
     "resample": ("sedlib.data.resample", "convert a split's audio to mono at the target rate; write durations"),
     "check-data": ("sedlib.data.check", "list missing, unlisted and unreadable audio of local datasets; rates, hours"),

@@ -13,13 +13,17 @@ from sedlib.data.metadata import (
     END_WARN_S,
     events_by_file,
     read_durations,
+    read_soft,
     read_strong,
     read_weak,
+    soft_events_by_file,
     split_weak,
     validate_metadata,
+    write_soft,
     write_strong,
     write_weak,
 )
+from sedlib.data.labels import encode_soft
 
 CLASSES = [
     "Alarm_bell_ringing", "Blender", "Cat", "Dishes", "Dog", "Electric_shaver_toothbrush",
@@ -299,3 +303,81 @@ def test_write_weak_round_trip(tmp_path):
     write_weak(tmp_path / "w.tsv", table)
     assert (tmp_path / "w.tsv").read_text() == WEAK_HEADER + "a.wav\tDog,Cat\nb.wav\t\n"
     pd.testing.assert_frame_equal(read_weak(tmp_path / "w.tsv"), table)
+
+
+# ----------------------------------------------------------------------------- soft labels (MAESTRO)
+SOFT_HEADER = "filename\tonset\toffset\tevent_label\tconfidence\n"
+MAESTRO = ["people talking", "door opens/closes", "car"]
+
+
+def test_soft_round_trip_keeps_confidences_and_eventless_rows(tmp_path):
+    body = "a.wav\t0.5\t3.25\tpeople talking\t0.6\na.wav\t1.0\t2.0\tdoor opens/closes\t1.0\nb.wav\t\t\t\t\n"
+    path = write(tmp_path / "s.tsv", SOFT_HEADER + body)
+    table = read_soft(path)
+    assert table.columns.tolist() == ["filename", "onset", "offset", "event_label", "confidence"]
+    assert soft_events_by_file(table) == {
+        "a.wav": [(0.5, 3.25, "people talking", 0.6), (1.0, 2.0, "door opens/closes", 1.0)], "b.wav": []
+    }
+    write_soft(tmp_path / "again.tsv", table)
+    assert (tmp_path / "again.tsv").read_text() == path.read_text()
+
+
+@pytest.mark.parametrize("confidence", ["1.5", "nan", "high", "-0.2", "inf"])
+def test_soft_confidence_outside_0_1_names_file_line_and_field(tmp_path, confidence):
+    path = write(tmp_path / "s.tsv", SOFT_HEADER + "a.wav\t0.0\t1.0\tcar\t0.4\n" + f"a.wav\t2.0\t3.0\tcar\t{confidence}\n")
+    with pytest.raises(ValueError, match=rf"s\.tsv:3: column 'confidence' must be a number in \[0, 1\].*got '{confidence}'"):
+        read_soft(path)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("a.wav\t0.0\t1.0\tcar\n", ":2: expected 5 tab-separated columns"),
+        ("a.wav\t0.0\t1.0\tcar\t\n", ":2: onset, offset, event_label and confidence must all be set"),
+        ("a.wav\tsoon\t1.0\tcar\t1.0\n", ":2: column 'onset' must be a finite number"),
+    ],
+)
+def test_malformed_soft_lines(tmp_path, body, message):
+    with pytest.raises(ValueError, match=message):
+        read_soft(write(tmp_path / "s.tsv", SOFT_HEADER + body))
+    with pytest.raises(ValueError, match="s.tsv:1: expected the header line"):
+        read_soft(write(tmp_path / "s.tsv", STRONG_HEADER + "a.wav\t0.0\t1.0\tcar\n"))
+
+
+def test_soft_validation_checks_labels_times_and_clip_sets(tmp_path):
+    durations = durations_file(tmp_path / "d.tsv", {"a.wav": 10.0, "b.wav": 10.0})
+    body = "a.wav\t0.5\t3.0\tpeople talking\t0.2\nb.wav\t\t\t\t\n"
+    result = validate_metadata(write(tmp_path / "s.tsv", SOFT_HEADER + body), "soft", MAESTRO,
+                               measured_durations=durations, scored=True)
+    assert (result.n_clips, result.n_events, result.class_counts["people talking"]) == (2, 1, 1)
+    assert result.table["confidence"].tolist()[0] == 0.2 and math.isnan(result.table["confidence"].tolist()[1])
+    for row, message in [("a.wav\t0.5\t3.0\tpeople_talking\t1.0", ":4: unknown label 'people_talking'"),
+                         ("a.wav\t4.0\t3.0\tcar\t1.0", ":4: offset 3.0 s must be greater than onset 4.0 s"),
+                         ("a.wav\t9.0\t11.0\tcar\t1.0", ":4: event car .* lies past the end of a.wav")]:
+        path = write(tmp_path / "bad.tsv", SOFT_HEADER + body + row + "\n")
+        with pytest.raises(ValueError, match=message):
+            validate_metadata(path, "soft", MAESTRO, measured_durations=durations, scored=True)
+    only_a = write(tmp_path / "a.tsv", SOFT_HEADER + "a.wav\t0.5\t3.0\tcar\t1.0\n")
+    with pytest.raises(ValueError, match="clips with audio have no label row: b.wav"):
+        validate_metadata(only_a, "soft", MAESTRO, measured_durations=durations, scored=True)
+
+
+def test_validate_command_writes_soft_metadata(tmp_path):
+    soft = write(tmp_path / "s.tsv", SOFT_HEADER + "a.wav\t0.5\t3.0\tcar\t0.8\nb.wav\t\t\t\t\n")
+    durations = durations_file(tmp_path / "d.tsv", {"a.wav": 10.0, "b.wav": 10.0})
+    cfg = json.dumps({"classes": MAESTRO, "split": {"labels": "soft", "role": "test"}})
+    out = tmp_path / "out.tsv"
+    argv = ["validate-metadata", "--metadata", str(soft), "--durations", str(durations), "--config-json", cfg,
+            "--out", str(out)]
+    assert cli_main(argv) == 0
+    assert out.read_text() == soft.read_text()
+
+
+def test_encode_soft_takes_the_highest_confidence_per_frame():
+    # frames of 0.5 s: onset frame floored, offset frame ceiled (as encode_strong)
+    events = [(0.0, 1.2, "car", 0.4), (0.9, 2.0, "car", 0.8), (1.6, 1.9, "people talking", 0.2)]
+    target = encode_soft(events, MAESTRO, n_frames=6, frame_hop=0.5)
+    assert target.dtype == np.float32 and target.shape == (3, 6)
+    np.testing.assert_allclose(target[2], [0.4, 0.8, 0.8, 0.8, 0.0, 0.0])
+    np.testing.assert_allclose(target[0], [0.0, 0.0, 0.0, 0.2, 0.0, 0.0])
+    assert not target[1].any()

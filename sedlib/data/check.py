@@ -27,7 +27,7 @@ from typing import Any
 import soundfile as sf
 
 from sedlib.config import SCORED_ROLES, load_config
-from sedlib.data.metadata import parse_strong, parse_weak
+from sedlib.data.metadata import parse_soft, parse_strong, parse_weak
 from sedlib.data.resample import list_audio
 from sedlib.io import write_json
 from sedlib.progress import Progress
@@ -38,8 +38,8 @@ MISSING_AUDIO_POLICIES = ("error", "drop")
 
 
 def listed_clips(metadata: Path, labels: str) -> list[str]:
-    """Clip names of a strong or weak metadata TSV, in file order (each once)."""
-    rows = parse_strong(metadata) if labels == "strong" else parse_weak(metadata)
+    """Clip names of a strong, soft or weak metadata TSV, in file order (each once)."""
+    rows = {"strong": parse_strong, "soft": parse_soft, "weak": parse_weak}[labels](metadata)
     return list(dict.fromkeys(row.filename for row in rows))
 
 

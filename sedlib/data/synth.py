@@ -326,9 +326,12 @@ def running_water(rng, n, sr):
 VOWEL_FORMANTS = np.array([[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240], [530, 1840, 2480], [570, 840, 2410]])
 
 
-def speech(rng, n, sr):
-    """Syllables: glottal pulse train with a pitch contour through vowel formants, some with fricative onsets."""
-    speaker_f0, formant_scale = rng.uniform(90, 250), rng.uniform(0.9, 1.2)
+def speech(rng, n, sr, f0_hz=(90, 250), formant_scale=(0.9, 1.2)):
+    """Syllables: glottal pulse train with a pitch contour through vowel formants, some with fricative onsets.
+
+    The speaker's pitch (Hz) and formant scale are drawn from the f0_hz and formant_scale ranges.
+    """
+    speaker_f0, formant_scale = rng.uniform(*f0_hz), rng.uniform(*formant_scale)
 
     def syllable(length, start):
         u = np.linspace(0, 1, length, dtype=F32)
@@ -399,18 +402,29 @@ def synthetic_background(rng, n, sr):
     return x
 
 
+def traffic(rng, n, sr):
+    """Low rumble with one to three passing-vehicle swells."""
+    t = _time(n, sr)
+    centres = rng.uniform(-0.2, 1.2, int(rng.integers(1, 4))) * (n / sr)
+    swell = sum(np.exp(F32(-0.5) * ((t - F32(c)) / F32(rng.uniform(0.8, 2.5))) ** 2) for c in centres)
+    return _filter(_colored_noise(rng, n, 2.0), sr, "low", rng.uniform(300, 1500)) * (F32(0.3) + swell)
+
+
+def ventilation(rng, n, sr):
+    """Band noise with a blade-pass tone."""
+    part = _normalized(_filter(_colored_noise(rng, n, 1.0), sr, "band", [100, rng.uniform(1500, 4000)]))
+    return part + F32(0.3) * _harmonics(np.full(n, rng.uniform(60, 200), dtype=F32), sr, [1.0, 0.4], rng)
+
+
 def real_background(rng, n, sr):
     """A low noise floor plus one or two of: traffic swells, ventilation, distant music, ticking clock."""
     x = F32(0.3) * _colored_noise(rng, n, rng.uniform(0.0, 1.0))
     t = _time(n, sr)
     for kind in rng.choice(4, size=int(rng.integers(1, 3)), replace=False):
-        if kind == 0:  # traffic: low rumble with passing-vehicle swells
-            centres = rng.uniform(-0.2, 1.2, int(rng.integers(1, 4))) * (n / sr)
-            swell = sum(np.exp(F32(-0.5) * ((t - F32(c)) / F32(rng.uniform(0.8, 2.5))) ** 2) for c in centres)
-            part = _filter(_colored_noise(rng, n, 2.0), sr, "low", rng.uniform(300, 1500)) * (F32(0.3) + swell)
-        elif kind == 1:  # ventilation: band noise with a blade-pass tone
-            part = _normalized(_filter(_colored_noise(rng, n, 1.0), sr, "band", [100, rng.uniform(1500, 4000)]))
-            part += F32(0.3) * _harmonics(np.full(n, rng.uniform(60, 200), dtype=F32), sr, [1.0, 0.4], rng)
+        if kind == 0:
+            part = traffic(rng, n, sr)
+        elif kind == 1:
+            part = ventilation(rng, n, sr)
         elif kind == 2:  # distant music: changing chords of soft tones
             change = rng.uniform(1.0, 2.5)
             roots = (110 * 2 ** (rng.integers(0, 24, int(n / sr / change) + 2) / 12)).astype(F32)
@@ -608,13 +622,18 @@ def _write_metadata(root: Path, splits: dict, jobs: list[ClipJob], results: list
 
 
 def configure_synthesize(parser: argparse.ArgumentParser):
+    """DESED-like clips, or MAESTRO-like chunked recordings when ``synthetic.kind`` is maestro (synth_maestro)."""
     parser.add_argument("--config-json", required=True, help='{"seed": root seed, "dataset": datasets.<name>}')
     parser.add_argument("--root", required=True, help="raw root to (re)create; manifest.json is written last")
     parser.add_argument("--threads", type=int, default=1, help="worker processes")
 
     def run(args: argparse.Namespace) -> int:
         cfg = json.loads(args.config_json)
-        synthesize_dataset(cfg["dataset"], int(cfg["seed"]), args.root, args.threads)
+        if cfg["dataset"].get("synthetic", {}).get("kind", "desed") == "maestro":
+            from sedlib.data.synth_maestro import synthesize_maestro as synthesize
+        else:
+            synthesize = synthesize_dataset
+        synthesize(cfg["dataset"], int(cfg["seed"]), args.root, args.threads)
         return 0
 
     return run
