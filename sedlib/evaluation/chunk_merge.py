@@ -12,7 +12,6 @@ chunk and recording time are added.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple, Sequence
@@ -22,14 +21,12 @@ import pandas as pd
 from sed_scores_eval.base_modules.scores import create_score_dataframe
 
 from sedlib.data.audio_names import is_audio_name
+from sedlib.data.chunks import SoftEvent, parse_chunk_name
+from sedlib.data.metadata import read_soft, soft_events_by_file
 from sedlib.evaluation.postprocess import Event, table_classes
 
-CHUNK_NAME = re.compile(r"^(?P<recording>.+)-(?P<onset>\d{6,})-(?P<offset>\d{6,})$")
-SOFT_COLUMNS = ("filename", "onset", "offset", "event_label", "confidence")
 TIME_DECIMALS = 6
 DURATION_TOLERANCE_S = 0.05  # measured chunk duration vs. its name's offset - onset (names truncate to 10 ms)
-
-SoftEvent = tuple[float, float, str, float]  # onset s, offset s, label, confidence
 
 
 class Chunk(NamedTuple):
@@ -43,46 +40,16 @@ def chunk_id(name: str) -> str:
     return name.rsplit(".", 1)[0] if is_audio_name(name) else name
 
 
-def parse_chunk_name(name: str) -> Chunk:
-    """Recording and bounds (s) of a chunk id or audio file name ``{recording}-{onset cs:06d}-{offset cs:06d}``."""
-    stem = chunk_id(name)
-    match = CHUNK_NAME.match(stem)
-    if match is None:
-        raise ValueError(f"chunk name {name!r}: expected '{{recording}}-{{onset}}-{{offset}}' with onset and offset "
-                         "in centiseconds, at least 6 digits (e.g. cafe_restaurant_01-000500-001500)")
-    onset, offset = int(match["onset"]) / 100, int(match["offset"]) / 100
-    if offset <= onset:
-        raise ValueError(f"chunk name {name!r}: offset {offset} s is not after onset {onset} s")
-    return Chunk(match["recording"], onset, offset)
+def chunk_of(name: str) -> Chunk:
+    """Recording and bounds (s) of a chunk id or audio file name (sedlib.data.chunks.parse_chunk_name)."""
+    return Chunk(*parse_chunk_name(name))
 
 
 # ----------------------------------------------------------------------------- ground truth
 def read_soft_events(metadata_tsv: str | Path) -> dict[str, list[SoftEvent]]:
-    """``{chunk id: [(onset s, offset s, label, confidence), ...]}`` of a (validated) soft metadata TSV.
-
-    Chunk id = filename without its audio extension. A row whose onset, offset and label are empty lists a chunk
-    without events.
-    """
-    path = Path(metadata_tsv)
-    if not path.is_file():
-        raise FileNotFoundError(f"soft metadata {path} does not exist")
-    table = pd.read_csv(path, sep="\t", dtype={"filename": str, "event_label": str})
-    if tuple(table.columns) != SOFT_COLUMNS:
-        raise ValueError(f"{path}: header: expected {'<TAB>'.join(SOFT_COLUMNS)}, got {list(table.columns)}")
-    numbers = table[["onset", "offset", "confidence"]].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
-    events: dict[str, list[SoftEvent]] = {}
-    for k, (filename, label) in enumerate(zip(table["filename"], table["event_label"])):
-        clip = events.setdefault(chunk_id(filename), [])
-        onset, offset, confidence = numbers[k]
-        if pd.isna(label) and np.isnan(numbers[k]).all():
-            continue
-        if pd.isna(label) or not np.isfinite(numbers[k]).all():
-            raise ValueError(f"{path}: row {k + 1} ({filename}): onset, offset and confidence must be numbers and "
-                             f"event_label set, got {table.iloc[k, 1:].tolist()}")
-        if not 0.0 <= confidence <= 1.0:
-            raise ValueError(f"{path}: row {k + 1} ({filename}): confidence {confidence} is not in [0, 1]")
-        clip.append((float(onset), float(offset), str(label), float(confidence)))
-    return events
+    """``{chunk id: [(onset s, offset s, label, confidence), ...]}`` of a soft metadata TSV (read and checked by
+    sedlib.data.metadata.read_soft; chunks listed without events map to [])."""
+    return {chunk_id(name): events for name, events in soft_events_by_file(read_soft(metadata_tsv)).items()}
 
 
 def merge_overlapping_events(events: Iterable[Event]) -> list[Event]:
@@ -112,9 +79,9 @@ def recording_ground_truth(
     if unknown:
         raise ValueError(f"soft metadata lists {len(unknown)} chunks without a duration, e.g. {unknown[:3]}")
     wanted = set(classes)
-    shifted: dict[str, list[Event]] = {parse_chunk_name(chunk).recording: [] for chunk in chunks}
+    shifted: dict[str, list[Event]] = {chunk_of(chunk).recording: [] for chunk in chunks}
     for chunk, events in chunk_events.items():
-        start = parse_chunk_name(chunk)
+        start = chunk_of(chunk)
         shifted[start.recording] += [
             (round(start.onset + on, TIME_DECIMALS), round(start.onset + off, TIME_DECIMALS), label)
             for on, off, label, confidence in events
@@ -130,7 +97,7 @@ def recording_durations(chunk_durations: Mapping[str, float]) -> dict[str, float
     """
     ends: dict[str, float] = {}
     for chunk, duration in chunk_durations.items():
-        start = parse_chunk_name(chunk)
+        start = chunk_of(chunk)
         if abs(duration - (start.offset - start.onset)) > DURATION_TOLERANCE_S:
             raise ValueError(f"chunk {chunk}: measured duration {duration} s, its name says "
                              f"{start.offset - start.onset:.2f} s")
@@ -157,7 +124,7 @@ def merge_chunk_tables(tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataF
             classes = own
         elif own != classes:
             raise ValueError(f"score table of {chunk}: classes {own}, expected {classes}")
-        start = parse_chunk_name(chunk)
+        start = chunk_of(chunk)
         per_recording[start.recording].append((start.onset, table))
     return {recording: _merge_recording(recording, parts, classes) for recording, parts in sorted(per_recording.items())}
 
