@@ -317,7 +317,7 @@ def train_split_inputs(iteration, stage):
         entry = {"dataset": d, "split": s, "role": split["role"], "labels": split["labels"], "features": feature_dir(d, s)}
         if stage == 1:
             entry["embeddings"] = embedding_file(d, s)
-        if split["labels"] == "strong":
+        if split["labels"] in ("strong", "soft"):
             entry["metadata"] = metadata_file(d, s)
         if split["role"] == "weak":
             entry["weak_train"] = weak_part_file(d, s, "train")

@@ -21,12 +21,13 @@ TINY = {
                 "sizes": {"synth_train": 24, "strong_real": 12, "weak": 20, "unlabeled": 24,
                           "synth_val": 16, "devtest": 40, "eval": 40, "tagging": 40},
             }
-        }
+        },
+        "maestro": {"synthetic": {"sizes": {"maestro_train": 3, "maestro_val": 3}, "recording_seconds": [25.0, 30.0]}},
     },
     "model": {"backbone": {"pretrain": {"epochs": 1, "batch_size": 16, "lr": 0.003}}},
     "training": {
-        "stage1": {"epochs": 1, "batch_sizes": {"strong_real": 1, "synthetic": 1, "weak": 2, "unlabeled": 2}},
-        "stage2": {"epochs": 1, "batch_sizes": {"strong_real": 1, "synthetic": 1, "weak": 2, "unlabeled": 2}},
+        "stage1": {"epochs": 1, "batch_sizes": {"maestro": 2, "strong_real": 1, "synthetic": 1, "weak": 2, "unlabeled": 2}},
+        "stage2": {"epochs": 1, "batch_sizes": {"maestro": 2, "strong_real": 1, "synthetic": 1, "weak": 2, "unlabeled": 2}},
     },
     "evaluation": {"bootstrap": {"n": 3, "seed": 0}, "activity_plots": 1},
 }
@@ -52,11 +53,11 @@ def check_results(workdir: Path, result: dict) -> None:
         models = result["results"][f"iter{iteration}"]
         assert set(models) == expected_models
         for per_split in models.values():
-            assert set(per_split) == {"desed/devtest", "desed/eval"}
-            for metrics in per_split.values():
-                for scenario in ("psds1", "psds2"):
-                    value = metrics[scenario]["value"]
-                    low, high = metrics[scenario]["ci95"]
+            assert set(per_split) == {"desed/devtest", "desed/eval", "maestro/maestro_val"}
+            for split, metrics in per_split.items():
+                for name in ("mpauc",) if split.startswith("maestro/") else ("psds1", "psds2"):
+                    value = metrics[name]["value"]
+                    low, high = metrics[name]["ci95"]
                     assert 0.0 <= low <= high <= 1.0 and 0.0 <= value <= 1.0
     claims = result["claims"]["desed/eval"]
     assert set(claims) == {"iter1", "iter2", "iteration_last_vs_first"}
