@@ -246,6 +246,34 @@ def missing_audio_listed(dataset, split):
     return {"listed": split_raw_path(dataset, split, "metadata")} if missing_audio_policy(dataset, split) else {}
 
 
+def csebbs_enabled():
+    """evaluation.csebbs.enabled, 'auto' resolved at DAG build time (sedlib.config)."""
+    return config["evaluation"]["csebbs"]["enabled"]
+
+
+def csebbs_tune_split():
+    """(dataset, split) cSEBBs is tuned on: role validation, never a scored split (checked by sedlib.config)."""
+    return split_ref(config["evaluation"]["csebbs"]["tune_split"])
+
+
+def csebbs_params_file(iteration, model):
+    """cSEBBs hyper-parameters per class, tuned on csebbs_tune_split() with this model's scores."""
+    return f"{R}/iter{iteration}/csebbs/{model}/params.json"
+
+
+def csebbs_score_dir(iteration, model, dataset, split):
+    """score_dir() post-processed by cSEBBs: each box's confidence over its extent, -1 elsewhere."""
+    return f"{R}/iter{iteration}/scores_csebbs/{model}/{dataset}/{split}"
+
+
+def csebbs_inputs(iteration, model, dataset, split):
+    """{'csebbs': {'dir', 'params'}} of an evaluated score folder for `evaluate` when cSEBBs is on, else {}."""
+    if not csebbs_enabled():
+        return {}
+    return {"csebbs": {"dir": csebbs_score_dir(iteration, model, dataset, split),
+                       "params": csebbs_params_file(iteration, model)}}
+
+
 def eval_json():
     return f"{R}/eval_psds.json"
 

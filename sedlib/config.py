@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -148,6 +149,7 @@ def _check_cross_fields(config: dict, source: str) -> None:
             fail("evaluation.splits", f"'{ref}' names no configured dataset/split")
         if split["labels"] != "strong":
             fail("evaluation.splits", f"'{ref}' must have strong labels to be scored")
+    _resolve_csebbs(config, fail)
     if len(evaluation["median_window"]) not in n_classes:
         fail("evaluation.median_window", f"needs one window per class ({sorted(n_classes)})")
     val_window = config["training"].get("val_median_window")
@@ -158,6 +160,35 @@ def _check_cross_fields(config: dict, source: str) -> None:
         fail("training.members", f"member names must be unique, got {names}")
     if "ensemble" in names:
         fail("training.members", "'ensemble' is reserved (results/iter{i}/pseudo_labels/ensemble/ holds the averages)")
+
+
+def _resolve_csebbs(config: dict, fail) -> None:
+    """``evaluation.csebbs``: refuse a scored ``tune_split`` (never tune on a scored split), fill a null one with
+    the first eligible validation split, resolve ``enabled: auto`` to whether ``sebbs`` is importable now (the
+    DAG is built with this environment's answer; off when there is no split to tune on)."""
+    csebbs, scored = config["evaluation"]["csebbs"], config["evaluation"]["splits"]
+    field = "evaluation.csebbs.tune_split"
+    ref = csebbs["tune_split"]
+    if ref is not None:
+        ds_name, split_name = split_ref(ref)
+        split = config["datasets"].get(ds_name, {}).get("splits", {}).get(split_name)
+        if split is None:
+            fail(field, f"'{ref}' names no configured dataset/split")
+        if split["role"] != "validation" or ref in scored:
+            why = "it is listed in evaluation.splits" if ref in scored else f"its role is '{split['role']}'"
+            fail(field, f"'{ref}' is a scored split ({why}): cSEBBs is tuned only on a split with role 'validation' "
+                        "that evaluation.splits does not list")
+        if split["labels"] != "strong":
+            fail(field, f"'{ref}' must have strong labels to tune on")
+    eligible = [f"{d}/{s}" for d, s in splits_with_role(config, "validation")
+                if f"{d}/{s}" not in scored and config["datasets"][d]["splits"][s]["labels"] == "strong"]
+    if csebbs["enabled"] == "auto":
+        csebbs["enabled"] = importlib.util.find_spec("sebbs") is not None and bool(ref or eligible)
+    if csebbs["enabled"] and ref is None:
+        if not eligible:
+            fail(field, "no split with role 'validation' and strong labels outside evaluation.splits to tune cSEBBs "
+                        "on: add one, name one, or set evaluation.csebbs.enabled: false")
+        csebbs["tune_split"] = eligible[0]
 
 
 def section_json(config: dict, *keys: str) -> str:

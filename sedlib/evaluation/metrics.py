@@ -305,6 +305,27 @@ def evaluate_tables(
     return entry, rocs, bootstrap
 
 
+def postprocessed_psds(
+    tables: Mapping[str, pd.DataFrame],
+    ground_truth: Mapping[str, list[Event]],
+    durations: Mapping[str, float],
+    settings: Mapping[str, Any],
+) -> dict[str, Any]:
+    """PSDS1/PSDS2 (value, ci95, per class) of score tables post-processed elsewhere (cSEBBs: no median filter),
+    on the clips with events; the bootstrap draws are those of :func:`evaluate_tables` (same seed and clips)."""
+    gt, dur = clips_with_events(ground_truth, durations)
+    tables = {clip: tables[clip] for clip in gt}
+    trees = DetectionTrees(tables, gt, dur, list(SCENARIOS.values()))
+    boot = settings["bootstrap"]
+    entry = {}
+    for name, scenario in SCENARIOS.items():
+        deltas = psds_deltas(tables, gt, dur, scenario, trees)
+        result = psds_from_deltas(deltas)
+        samples = bootstrap_psds(deltas, boot["n"], boot["seed"])
+        entry[name] = {"value": result.value, "ci95": confidence_interval(samples), "per_class": result.per_class}
+    return entry
+
+
 # ----------------------------------------------------------------------------- provenance
 def code_version(repo: str | Path) -> dict[str, Any]:
     """``{"commit": sha | "unknown", "dirty": bool | None}`` of the git checkout at ``repo`` (tracked files)."""
@@ -357,6 +378,10 @@ def _evaluate_job(job: tuple[dict, dict, dict, dict]) -> tuple[dict, dict, dict]
     with stopwatch(timings, "read_scores"):
         tables = read_score_dir(score["dir"], clips=sorted(c for c, events in ground_truth.items() if events))
     entry, rocs, bootstrap = evaluate_tables(tables, ground_truth, durations, settings)
+    if "csebbs" in score:  # cSEBBs-post-processed tables of the same model and split, beside the median filter
+        csebbs = read_score_dir(score["csebbs"]["dir"], clips=sorted(tables))
+        entry["csebbs"] = {"params": score["csebbs"]["params"],
+                           **postprocessed_psds(csebbs, ground_truth, durations, settings)}
     entry["seconds"] = {**timings, **entry["seconds"]}
     return entry, {name: (r.etpr, r.efpr, r.value) for name, r in rocs.items()}, bootstrap
 
