@@ -175,7 +175,7 @@ def _resolve_csebbs(config: dict, fail) -> None:
         if split is None:
             fail(field, f"'{ref}' names no configured dataset/split")
         if split["role"] != "validation" or ref in scored:
-            why = "it is listed in evaluation.splits" if ref in scored else f"its role is '{split['role']}'"
+            why = f"its role is '{split['role']}'" if split["role"] != "validation" else "evaluation.splits lists it"
             fail(field, f"'{ref}' is a scored split ({why}): cSEBBs is tuned only on a split with role 'validation' "
                         "that evaluation.splits does not list")
         if split["labels"] != "strong":
