@@ -157,6 +157,9 @@ def test_tuning_picks_per_class_the_best_grid_point():
         assert tuned["validation_psds"][c] == max(entry["per_class"][c] for entry in tuned["grid"])
     with pytest.raises(ValueError, match="criterion 'f1'"):
         tune(tables, gt, durations, "f1", candidates)
+    without_dog = {clip: [e for e in events if e[2] != "dog"] for clip, events in gt.items()}
+    with pytest.raises(ValueError, match=r"no events of classes \['dog'\]"):
+        tune(tables, without_dog, durations, "psds1", candidates)
 
 
 def test_sebb_tables_are_valid_and_scored_exactly():
@@ -208,6 +211,7 @@ def test_commands_and_evaluate_report_csebbs_beside_the_median_filter(tmp_path, 
         (folder / "metadata.tsv").write_text("filename\tonset\toffset\tevent_label\n" + "\n".join(rows) + "\n")
         (folder / "durations.tsv").write_text("filename\tduration\n" + "".join(f"{c}.wav\t10.0\n" for c in gt))
         P.write_score_dir(folder / "scores", tables)
+        (folder / "scores" / ".snakemake_timestamp").touch()  # as in a directory() output of a rule
         return folder
 
     val, test = write_split("val", 3), write_split("test", 4)

@@ -26,7 +26,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from sedlib.evaluation.metrics import SCENARIOS, clips_with_events, psds, read_durations, read_ground_truth
+from sedlib.evaluation.metrics import (SCENARIOS, clips_with_events, psds, read_durations, read_ground_truth,
+                                      require_every_class)
 from sedlib.evaluation.postprocess import read_score_dir, table_classes, write_score_dir
 from sedlib.io import sha256_file, write_json
 
@@ -118,6 +119,7 @@ def tune(
         raise ValueError(f"cSEBBs tuning: no score table for {len(missing)} annotated clips, e.g. {missing[:3]}")
     raw = {clip: tables[clip] for clip in gt}
     classes = table_classes(next(iter(raw.values())))
+    require_every_class(gt, classes)  # a class without validation events has no PSDS to tune on
     best: dict[str, tuple[float, tuple[float, float, float]]] = {}
     searched = []
     for candidate in candidates:
@@ -177,7 +179,8 @@ def configure_tune_csebbs(parser: argparse.ArgumentParser) -> Callable[[argparse
     def run(args: argparse.Namespace) -> int:
         cfg = json.loads(args.config_json)
         candidates = grid(cfg["step_filter_lengths"], cfg["merge_thresholds_abs"], cfg["merge_thresholds_rel"])
-        tuned = tune(read_score_dir(args.scores), read_ground_truth(args.metadata), read_durations(args.durations),
+        durations = read_durations(args.durations)
+        tuned = tune(read_score_dir(args.scores, clips=sorted(durations)), read_ground_truth(args.metadata), durations,
                      cfg["criterion"], candidates)
         provenance = {"scores": args.scores, "metadata": args.metadata, "metadata_sha256": sha256_file(args.metadata),
                       "durations": args.durations, "durations_sha256": sha256_file(args.durations)}
@@ -194,8 +197,9 @@ def configure_apply_csebbs(parser: argparse.ArgumentParser) -> Callable[[argpars
     parser.add_argument("--out", required=True, help="score folder of the cSEBBs tables to write")
 
     def run(args: argparse.Namespace) -> int:
-        write_score_dir(args.out, sebb_tables(read_score_dir(args.scores), read_params(args.params),
-                                              read_durations(args.durations)))
+        durations = read_durations(args.durations)
+        tables = read_score_dir(args.scores, clips=sorted(durations))
+        write_score_dir(args.out, sebb_tables(tables, read_params(args.params), durations))
         return 0
 
     return run
