@@ -23,7 +23,7 @@ CLASSES = ["alarm", "dog", "speech"]
 
 
 def synthetic_split(n_clips=8, noise=0.0, seed=0):
-    """Ground truth (1-2 events per class and clip, on the 64 ms grid), durations (10 s) and raw score tables:
+    """Ground truth (1-2 events of every other class per clip, on the 64 ms grid), durations (10 s) and raw score tables:
     sigmoid of +-3 logits inside / outside the events plus Gaussian logit noise of std ``noise``."""
     rng = np.random.default_rng(seed)
     n_frames = int(np.ceil(10.0 / HOP))
@@ -33,6 +33,8 @@ def synthetic_split(n_clips=8, noise=0.0, seed=0):
         target = np.zeros((n_frames, len(CLASSES)))
         events = []
         for c, label in enumerate(CLASSES):
+            if (k + c) % 2:  # each class in half of the clips, as in real data
+                continue
             for start in sorted(rng.choice(np.arange(0, n_frames - 40, 40), size=rng.integers(1, 3), replace=False)):
                 length = int(rng.integers(8, 35))
                 target[start : start + length, c] = 1.0
@@ -130,9 +132,8 @@ def test_missing_sebbs_names_the_extra(monkeypatch):
     from sedlib.evaluation import csebbs
 
     monkeypatch.setitem(sys.modules, "sebbs", None)
-    with pytest.raises(RuntimeError, match="optional 'sebbs' package"):
+    with pytest.raises(RuntimeError, match=r"optional extra sedlib\[sebbs\]"):
         csebbs.sebb_tables({"a": None}, {}, {"a": 10.0})
-    assert not csebbs.is_available()
 
 
 def test_grid_is_either_absolute_or_relative_merging():
@@ -168,7 +169,7 @@ def test_sebb_tables_are_valid_and_scored_exactly():
 
     from sedlib.evaluation.csebbs import OUTSIDE_SCORE, sebb_tables
 
-    gt, durations, tables = synthetic_split(noise=2.5, seed=1)
+    gt, durations, tables = synthetic_split(noise=2.0, seed=1)
     boxes = sebb_tables(tables, {"step_filter_length": 0.48, "merge_threshold_abs": 0.2,
                                  "merge_threshold_rel": math.inf}, durations)
     assert set(boxes) == set(tables)
@@ -177,16 +178,14 @@ def test_sebb_tables_are_valid_and_scored_exactly():
         assert classes == CLASSES and timestamps[0] == 0.0 and timestamps[-1] == durations[clip]
         scores = table[CLASSES].to_numpy()
         assert np.all((scores == OUTSIDE_SCORE) | ((scores >= 0.0) & (scores <= 1.0)))
-    # the project's fast PSDS == sed_scores_eval's on these tables; PSDS1 also == on sebbs' own (-inf outside the
-    # boxes). (sed_scores_eval 0.0.4's PSDS2 differs on -inf tables: its cross-trigger statistics change with the
-    # fill value although the order of the scores does not; the finite fill is scored consistently by both.)
+    # the project's fast PSDS == sed_scores_eval's on sebbs' own representation (-inf outside the boxes)
     with_inf = {clip: table.replace(OUTSIDE_SCORE, -np.inf) for clip, table in boxes.items()}
-    for name, scenario in M.SCENARIOS.items():
+    for scenario in M.SCENARIOS.values():
         fast = M.psds(boxes, gt, durations, scenario)
-        for reference_tables in [boxes] + ([with_inf] if name == "psds1" else []):
-            reference = M.psds(reference_tables, gt, durations, scenario, reference=True)
-            assert fast.value == pytest.approx(reference.value, abs=1e-12)
-            assert fast.per_class == pytest.approx(reference.per_class, abs=1e-12)
+        reference = M.psds(with_inf, gt, durations, scenario, reference=True)
+        assert 0.1 < fast.value < 1.0
+        assert fast.value == pytest.approx(reference.value, abs=1e-12)
+        assert fast.per_class == pytest.approx(reference.per_class, abs=1e-12)
 
 
 def test_clean_scores_keep_a_high_psds_after_csebbs():

@@ -32,9 +32,11 @@ from sedlib.evaluation.postprocess import read_score_dir, table_classes, write_s
 from sedlib.io import sha256_file, write_json
 
 FORMAT = "sedlib.csebbs/1"
-EXTRA = "sebbs"
-# Score outside every box. sebbs writes -inf, which the fast PSDS rejects (finite scores only); any value below
-# every confidence (a mean of probabilities, in [0, 1]) orders the thresholds identically, hence the same PSD-ROC.
+# Score outside every box. sebbs writes -inf (never detected), which the fast PSDS rejects (finite scores only).
+# -1 is below every confidence (a mean of probabilities, in [0, 1]), so the boxes are detected at the same
+# thresholds; it adds one operating point, threshold -1, where every clip is one detection of every class. That
+# point is on no PSD-ROC unless nearly every clip has events of a class (the clips without them make its eFPR far
+# above max_efpr), so the PSDS equals sed_scores_eval's on sebbs' -inf tables (tests/test_csebbs.py).
 OUTSIDE_SCORE = -1.0
 CRITERIA = ("psds1", "psds2")
 HYPER_PARAMETERS = ("step_filter_length", "merge_threshold_abs", "merge_threshold_rel")
@@ -46,19 +48,11 @@ def _sebbs():
         from sebbs import csebbs, utils
     except ImportError as exc:
         raise RuntimeError(
-            "cSEBBs post-processing needs the optional 'sebbs' package (AGPL-3.0): "
-            "pip install --no-deps sebbs==1.0.2 (see README, 'cSEBBs'), or set evaluation.csebbs.enabled: false"
+            "cSEBBs post-processing needs the optional extra sedlib[sebbs] and the sebbs package (AGPL-3.0): "
+            "pip install -e '.[sebbs]' && pip install --no-deps sebbs==1.0.2 (README, 'cSEBBs'), "
+            "or set evaluation.csebbs.enabled: false"
         ) from exc
     return csebbs, utils
-
-
-def is_available() -> bool:
-    """Whether ``sebbs`` can be imported here (``evaluation.csebbs.enabled: auto``)."""
-    try:
-        _sebbs()
-    except RuntimeError:
-        return False
-    return True
 
 
 def grid(step_filter_lengths: Sequence[float], merge_thresholds_abs: Sequence[float],
