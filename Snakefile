@@ -22,6 +22,7 @@ include: "rules/data.smk"
 include: "rules/features.smk"
 include: "rules/train.smk"
 include: "rules/pseudo_labels.smk"
+include: "rules/postprocess.smk"
 include: "rules/evaluate.smk"
 
 

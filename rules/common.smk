@@ -5,8 +5,8 @@ import json
 import os
 import posixpath
 
-from sedlib.config import (ROLES, SCORED_ROLES, TRAIN_ROLES, labelled_classes, output_classes, split_ref,
-                           splits_with_role, stage_batch_sizes, stage_config, validate_config)
+from sedlib.config import (ROLES, SCORED_ROLES, TRAIN_ROLES, labelled_classes, output_classes, scored_classes,
+                           split_ref, splits_with_role, stage_batch_sizes, stage_config, validate_config)
 from sedlib.data.manifest import refresh_manifest
 
 # Validated at DAG build time against sedlib/schemas/config.schema.yaml, defaults filled into `config`, plus the
@@ -246,6 +246,34 @@ def eval_logits_file(iteration, model, dataset, split):
 def missing_audio_listed(dataset, split):
     """{'listed': original metadata} when evaluation.missing_audio is drop: evaluate lists the clips dropped."""
     return {"listed": split_raw_path(dataset, split, "metadata")} if missing_audio_policy(dataset, split) else {}
+
+
+def csebbs_enabled():
+    """evaluation.csebbs.enabled, 'auto' resolved at DAG build time (sedlib.config)."""
+    return config["evaluation"]["csebbs"]["enabled"]
+
+
+def csebbs_tune_split():
+    """(dataset, split) cSEBBs is tuned on: role validation, never a scored split (checked by sedlib.config)."""
+    return split_ref(config["evaluation"]["csebbs"]["tune_split"])
+
+
+def csebbs_params_file(iteration, model):
+    """cSEBBs hyper-parameters per class, tuned on csebbs_tune_split() with this model's scores."""
+    return f"{R}/iter{iteration}/csebbs/{model}/params.json"
+
+
+def csebbs_score_dir(iteration, model, dataset, split):
+    """score_dir() post-processed by cSEBBs: each box's confidence over its extent, -1 elsewhere."""
+    return f"{R}/iter{iteration}/scores_csebbs/{model}/{dataset}/{split}"
+
+
+def csebbs_inputs(iteration, model, dataset, split):
+    """{'csebbs': {'dir', 'params'}} of an evaluated score folder for `evaluate` when cSEBBs is on, else {}."""
+    if not csebbs_enabled() or split_cfg(dataset, split)["labels"] != "strong":  # cSEBBs: PSDS splits only
+        return {}
+    return {"csebbs": {"dir": csebbs_score_dir(iteration, model, dataset, split),
+                       "params": csebbs_params_file(iteration, model)}}
 
 
 def eval_json():

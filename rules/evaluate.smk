@@ -63,6 +63,7 @@ rule evaluate:
     input:
         scores=[score_dir(*key) for key in evaluated_models()],
         truth=[f for d, s in eval_splits() for f in (metadata_file(d, s), durations_file(d, s))],
+        csebbs=[inputs["csebbs"]["dir"] for inputs in (csebbs_inputs(*key) for key in evaluated_models()) if inputs],
     output:
         json=report(eval_json(), caption="../docs/report/eval_psds.rst", category="Metrics"),
         rocs=eval_roc_file(),
@@ -76,7 +77,8 @@ rule evaluate:
                     for d, s in eval_splits()
                 },
                 "scores": [
-                    {"iteration": i, "model": m, "split": f"{d}/{s}", "dir": score_dir(i, m, d, s)}
+                    {"iteration": i, "model": m, "split": f"{d}/{s}", "dir": score_dir(i, m, d, s),
+                     **csebbs_inputs(i, m, d, s)}
                     for i, m, d, s in evaluated_models()
                 ],
             }

@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "average-pseudo-labels": ("sedlib.pseudo.ensemble", "average members' logits into soft pseudo-labels"),
     "score": ("sedlib.evaluation.scoring", "write sed_scores_eval score tables of a model on an evaluation split"),
     "evaluate": ("sedlib.evaluation.metrics", "PSDS1/PSDS2, CIs, per-class, F1, psds_eval cross-check -> JSON"),
+    "tune-csebbs": ("sedlib.evaluation.csebbs", "tune cSEBBs post-processing per class on a validation split (extra)"),
+    "apply-csebbs": ("sedlib.evaluation.csebbs", "post-process a score folder with tuned cSEBBs (optional extra)"),
     "plot": ("sedlib.evaluation.plots", "PSD-ROC curves and per-clip activity plots"),
     "infer": ("sedlib.inference", "detect events in any audio file(s) with a trained checkpoint"),
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -158,6 +159,7 @@ def _check_cross_fields(config: dict, source: str) -> None:
             fail("evaluation.splits", f"'{ref}' names no configured dataset/split")
         if split["labels"] not in EVALUATED_LABELS:
             fail("evaluation.splits", f"'{ref}' must have strong (PSDS) or soft (MAESTRO mpAUC) labels to be scored")
+    _resolve_csebbs(config, fail)
     if len(evaluation["median_window"]) != len(output_classes(config)):
         fail("evaluation.median_window", f"needs one window per output class ({len(output_classes(config))}: "
                                          "every dataset's classes in configuration order, each once)")
@@ -236,6 +238,35 @@ def scored_classes(config: dict, dataset: str) -> list[str]:
     """Classes a dataset's evaluation splits are scored on: ``datasets.<name>.scored_classes`` (null = all)."""
     ds = config["datasets"][dataset]
     return list(ds.get("scored_classes") or ds["classes"])
+
+
+def _resolve_csebbs(config: dict, fail) -> None:
+    """``evaluation.csebbs``: refuse a scored ``tune_split`` (never tune on a scored split), fill a null one with
+    the first eligible validation split, resolve ``enabled: auto`` to whether ``sebbs`` is importable now (the
+    DAG is built with this environment's answer; off when there is no split to tune on)."""
+    csebbs, scored = config["evaluation"]["csebbs"], config["evaluation"]["splits"]
+    field = "evaluation.csebbs.tune_split"
+    ref = csebbs["tune_split"]
+    if ref is not None:
+        ds_name, split_name = split_ref(ref)
+        split = config["datasets"].get(ds_name, {}).get("splits", {}).get(split_name)
+        if split is None:
+            fail(field, f"'{ref}' names no configured dataset/split")
+        if split["role"] != "validation" or ref in scored:
+            why = f"its role is '{split['role']}'" if split["role"] != "validation" else "evaluation.splits lists it"
+            fail(field, f"'{ref}' is a scored split ({why}): cSEBBs is tuned only on a split with role 'validation' "
+                        "that evaluation.splits does not list")
+        if split["labels"] != "strong":
+            fail(field, f"'{ref}' must have strong labels to tune on")
+    eligible = [f"{d}/{s}" for d, s in splits_with_role(config, "validation")
+                if f"{d}/{s}" not in scored and config["datasets"][d]["splits"][s]["labels"] == "strong"]
+    if csebbs["enabled"] == "auto":
+        csebbs["enabled"] = importlib.util.find_spec("sebbs") is not None and bool(ref or eligible)
+    if csebbs["enabled"] and ref is None:
+        if not eligible:
+            fail(field, "no split with role 'validation' and strong labels outside evaluation.splits to tune cSEBBs "
+                        "on: add one, name one, or set evaluation.csebbs.enabled: false")
+        csebbs["tune_split"] = eligible[0]
 
 
 def section_json(config: dict, *keys: str) -> str:

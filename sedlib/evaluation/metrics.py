@@ -310,6 +310,27 @@ def evaluate_tables(
     return entry, rocs, bootstrap
 
 
+def postprocessed_psds(
+    tables: Mapping[str, pd.DataFrame],
+    ground_truth: Mapping[str, list[Event]],
+    durations: Mapping[str, float],
+    settings: Mapping[str, Any],
+) -> dict[str, Any]:
+    """PSDS1/PSDS2 (value, ci95, per class) of score tables post-processed elsewhere (cSEBBs: no median filter),
+    on the clips with events; the bootstrap draws are those of :func:`evaluate_tables` (same seed and clips)."""
+    gt, dur = clips_with_events(ground_truth, durations)
+    tables = {clip: tables[clip] for clip in gt}
+    trees = DetectionTrees(tables, gt, dur, list(SCENARIOS.values()))
+    boot = settings["bootstrap"]
+    entry = {}
+    for name, scenario in SCENARIOS.items():
+        deltas = psds_deltas(tables, gt, dur, scenario, trees)
+        result = psds_from_deltas(deltas)
+        samples = bootstrap_psds(deltas, boot["n"], boot["seed"])
+        entry[name] = {"value": result.value, "ci95": confidence_interval(samples), "per_class": result.per_class}
+    return entry
+
+
 # ----------------------------------------------------------------------------- provenance
 def code_version(repo: str | Path) -> dict[str, Any]:
     """``{"commit": sha | "unknown", "dirty": bool | None}`` of the git checkout at ``repo`` (tracked files)."""
@@ -389,6 +410,10 @@ def _evaluate_job(job: tuple[dict, SplitTruth, dict]) -> tuple[dict, dict, dict]
     if truth.metric == "psds":
         split_settings = {**settings, "median_window": truth.windows}
         entry, rocs, bootstrap = evaluate_tables(tables, truth.ground_truth, truth.durations, split_settings)
+        if "csebbs" in score:  # cSEBBs-post-processed tables of the same model and split, beside the median filter
+            csebbs = {clip: select_classes(t, truth.classes) for clip, t in read_score_dir(score["csebbs"]["dir"], sorted(tables)).items()}
+            entry["csebbs"] = {"params": score["csebbs"]["params"],
+                               **postprocessed_psds(csebbs, truth.ground_truth, truth.durations, split_settings)}
         entry = {"metric": truth.metric, **entry, "seconds": {**timings, **entry["seconds"]}}
         return entry, {name: (r.etpr, r.efpr, r.value) for name, r in rocs.items()}, bootstrap
     with stopwatch(timings, "postprocess"):
