@@ -46,7 +46,7 @@ def test_every_schema_object_rejects_unknown_keys():
         (("evaluation", "f1"), "treshold", "threshold"),
         (("evaluation", "bootstrap"), "seeds", "seed"),
         (("datasets", "desed", "splits", "weak"), "val_fracton", "val_fraction"),
-        (("model", "backbone"), "dept", "depth"),
+        (("model", "backbones", "atst"), "dept", "depth"),
         ((), "evalution", "evaluation"),
     ],
 )

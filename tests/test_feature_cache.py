@@ -117,7 +117,7 @@ def test_embedding_cache(cache, split, config, tmp_path):
     backbone_path = tmp_path / "backbone.pt"
     save_backbone(backbone_path, backbone, {"source": "test"})
     out = tmp_path / "emb" / "split.npy"
-    build_embedding_cache(split / "features", backbone_path, out, config["frontends"]["atst"], 10.0, batch_size=3)
+    build_embedding_cache(split / "features", backbone_path, out, config["frontends"], 10.0, batch_size=3)
     emb, meta = open_embeddings(out)
     assert emb.shape == (4, 32, 1471 // 4) == tuple(meta["shape"]) and emb.dtype == np.float16
     assert meta["backbone_sha256"] == sha256_file(backbone_path) and meta["frontend"]["window"] == "hann"
@@ -136,7 +136,7 @@ def test_embedding_cache(cache, split, config, tmp_path):
     assert not emb[[0, 1, 3], :, 250:].any()  # chunks past a clip's true length stay zero
     argv = ["cache-embeddings", "--features-dir", str(split / "features"), "--backbone", str(backbone_path),
             "--out", str(tmp_path / "cli.npy"), "--config-json",
-            json.dumps({"atst": config["frontends"]["atst"], "clip_seconds": 10.0}), "--device", "cpu"]
+            json.dumps({"frontends": {"atst": config["frontends"]["atst"]}, "clip_seconds": 10.0}), "--device", "cpu"]
     assert cli_main(argv) == 0
     assert np.array_equal(np.load(tmp_path / "cli.npy"), emb)
 
@@ -149,9 +149,9 @@ def test_mean_average_precision():
 
 
 def test_pretrain_backbone_command(cache, split, config, tmp_path):
-    backbone_cfg = dict(config["model"]["backbone"], embed_dim=16, depth=1, num_heads=2,
+    backbone_cfg = dict(config["model"]["backbones"]["atst"], embed_dim=16, depth=1, num_heads=2,
                         pretrain={"epochs": 2, "batch_size": 2, "lr": 1e-3})
-    cfg = json.dumps({"backbone": backbone_cfg, "atst_frontend": config["frontends"]["atst"], "clip_seconds": 10.0,
+    cfg = json.dumps({"backbone": backbone_cfg, "frontends": {"atst": config["frontends"]["atst"]}, "clip_seconds": 10.0,
                       "seed": 3})
     paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
     for path in paths:

@@ -1,9 +1,11 @@
-"""Feature cache of a split (``cache-features``): both frontends' linear mel spectrograms as .npy arrays.
+"""Feature cache of a split (``cache-features``): the frontends' linear mel spectrograms as .npy arrays.
 
-Layout (docs/architecture.md "Feature cache"), one folder per split:
+Layout (docs/architecture.md "Feature cache"), one folder per split, one stream per frontend section that the
+run needs (``crnn`` always, plus the section each configured backbone kind reads, sedlib.models.backbone):
 - ``crnn_mel.npy`` float32 (N, 128, T_max): linear magnitude mel (power 1), before dB; 626 frames per 10 s;
 - ``atst_mel.npy`` float32 (N, 64, T_max'): linear power mel (power 2), before dB; 1001 frames per 10 s;
-- ``index.tsv``: ``filename duration n_crnn n_atst`` per row (true duration in s, true frame counts),
+- ``{stream}_mel.npy`` likewise for any other frontend section;
+- ``index.tsv``: ``filename duration n_crnn [n_{stream} ...]`` per row (true duration in s, true frame counts),
   written last: its presence marks the cache complete.
 Clips shorter than ``audio.clip_seconds`` are zero-padded to it; longer ones are kept whole and the arrays
 are as wide as the longest clip (T_max = frames of max(clip_seconds, longest clip)); frames past a clip's
@@ -14,6 +16,7 @@ exactly those of the clip alone (centred STFT, per-clip normalisation later in `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -25,15 +28,23 @@ import soundfile as sf
 import torch
 
 from sedlib.data.metadata import read_durations
-from sedlib.features.frontends import MelFrontend, build_frontends
+from sedlib.features.frontends import build_frontends
 from sedlib.io import atomic_path
 from sedlib.progress import Progress
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ["filename", "duration", "n_crnn", "n_atst"]
-CRNN_FILE, ATST_FILE, INDEX_FILE = "crnn_mel.npy", "atst_mel.npy", "index.tsv"
+INDEX_FILE = "index.tsv"
 DURATION_TOLERANCE_S = 0.02  # s: durations.tsv vs the 16 kHz file's length
+
+
+def mel_file(stream: str) -> str:
+    """File name of a stream's array: 'crnn_mel.npy', 'atst_mel.npy', ..."""
+    return f"{stream}_mel.npy"
+
+
+def index_columns(streams: list[str]) -> list[str]:
+    return ["filename", "duration", *(f"n_{stream}" for stream in streams)]
 
 
 @dataclass
@@ -41,16 +52,44 @@ class FeatureCache:
     """An opened feature cache: memory-mapped arrays and the index, row i of each array = row i of the index."""
 
     directory: Path
-    crnn: np.ndarray  # (N, n_mels_crnn, T_max) float32, memory-mapped
-    atst: np.ndarray  # (N, n_mels_atst, T_max') float32, memory-mapped
+    mels: dict[str, np.ndarray]  # stream -> (N, n_mels, T_max) float32, memory-mapped
+    frames: dict[str, np.ndarray]  # stream -> (N,) true frames
     filenames: list[str]
     durations: np.ndarray  # (N,) seconds
-    n_crnn: np.ndarray  # (N,) true CRNN frames
-    n_atst: np.ndarray  # (N,) true ATST frames
     rows: dict[str, int] = field(repr=False, default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.filenames)
+
+    def mel(self, stream: str) -> np.ndarray:
+        """(N, n_mels, T_max) array of ``stream``."""
+        if stream not in self.mels:
+            raise ValueError(
+                f"{self.directory}: no '{stream}' features (cached: {sorted(self.mels)}); the cache holds the streams "
+                "of the configured backbones' frontends"
+            )
+        return self.mels[stream]
+
+    def n_frames(self, stream: str) -> np.ndarray:
+        """(N,) true frames of ``stream``."""
+        self.mel(stream)
+        return self.frames[stream]
+
+    @property
+    def crnn(self) -> np.ndarray:
+        return self.mel("crnn")
+
+    @property
+    def n_crnn(self) -> np.ndarray:
+        return self.n_frames("crnn")
+
+    @property
+    def atst(self) -> np.ndarray:
+        return self.mel("atst")
+
+    @property
+    def n_atst(self) -> np.ndarray:
+        return self.n_frames("atst")
 
     def row(self, filename: str) -> int:
         """Row of ``filename`` in the arrays."""
@@ -80,23 +119,28 @@ def read_table(path: Path, columns: list[str]) -> list[list[str]]:
 def open_feature_cache(directory: str | Path) -> FeatureCache:
     """Open a split's feature cache (arrays memory-mapped read-only); checks that arrays and index agree."""
     directory = Path(directory)
-    rows = read_table(directory / INDEX_FILE, INDEX_COLUMNS)
-    crnn = np.load(directory / CRNN_FILE, mmap_mode="r")
-    atst = np.load(directory / ATST_FILE, mmap_mode="r")
-    for name, array in ((CRNN_FILE, crnn), (ATST_FILE, atst)):
+    index = directory / INDEX_FILE
+    if not index.is_file():
+        raise FileNotFoundError(f"file not found: {index}")
+    with open(index, newline="") as handle:
+        header = next(csv.reader(handle, delimiter="\t"), [])
+    streams = [column[2:] for column in header[2:] if column.startswith("n_")]
+    if "crnn" not in streams:
+        raise ValueError(f"{index}: line 1: expected the header 'filename duration n_crnn [n_<stream> ...]', got {header}")
+    rows = read_table(index, index_columns(streams))
+    mels = {stream: np.load(directory / mel_file(stream), mmap_mode="r") for stream in streams}
+    for stream, array in mels.items():
         if array.ndim != 3 or array.shape[0] != len(rows):
             raise ValueError(
-                f"{directory / name}: shape {array.shape}, expected ({len(rows)}, mels, frames) per {INDEX_FILE}"
+                f"{directory / mel_file(stream)}: shape {array.shape}, expected ({len(rows)}, mels, frames) per {INDEX_FILE}"
             )
     filenames = [r[0] for r in rows]
     return FeatureCache(
         directory=directory,
-        crnn=crnn,
-        atst=atst,
+        mels=mels,
+        frames={stream: np.array([int(r[2 + k]) for r in rows]) for k, stream in enumerate(streams)},
         filenames=filenames,
         durations=np.array([float(r[1]) for r in rows]),
-        n_crnn=np.array([int(r[2]) for r in rows]),
-        n_atst=np.array([int(r[3]) for r in rows]),
         rows={name: i for i, name in enumerate(filenames)},
     )
 
@@ -104,8 +148,12 @@ def open_feature_cache(directory: str | Path) -> FeatureCache:
 def build_feature_cache(
     durations_file: Path, audio_dir: Path, out_dir: Path, frontends_cfg: dict, clip_seconds: float, batch_size: int = 16
 ) -> FeatureCache:
-    """Compute both frontends' mel features of every clip listed in ``durations_file`` into ``out_dir``."""
-    frontends = build_frontends(frontends_cfg)
+    """Compute the mel features of every clip listed in ``durations_file`` into ``out_dir``: one stream per
+    section of ``frontends_cfg`` (``crnn`` first; the others in the given order)."""
+    if "crnn" not in frontends_cfg:
+        raise ValueError("cache-features: the frontends must include 'crnn' (the CNN branch of every model)")
+    streams = ["crnn", *(name for name in frontends_cfg if name != "crnn")]
+    frontends = build_frontends(frontends_cfg, streams)
     sample_rate = frontends.crnn.sample_rate
     clip_samples = int(round(clip_seconds * sample_rate))
     entries = list(read_durations(durations_file).items())
@@ -128,14 +176,14 @@ def build_feature_cache(
             )
         n_samples.append(frames)
     padded = [max(n, clip_samples) for n in n_samples]
-    fronts: list[tuple[str, MelFrontend]] = [(CRNN_FILE, frontends.crnn), (ATST_FILE, frontends.atst)]
     n_rows = len(entries)
-    with atomic_path(out_dir / CRNN_FILE) as crnn_tmp, atomic_path(out_dir / ATST_FILE) as atst_tmp:
+    with contextlib.ExitStack() as stack:
+        tmps = {stream: stack.enter_context(atomic_path(out_dir / mel_file(stream))) for stream in streams}
         arrays = {
-            name: np.lib.format.open_memmap(
-                tmp, mode="w+", dtype=np.float32, shape=(n_rows, fe.n_mels, fe.n_frames(max(padded)))
+            stream: np.lib.format.open_memmap(
+                tmps[stream], mode="w+", dtype=np.float32, shape=(n_rows, fe.n_mels, fe.n_frames(max(padded)))
             )
-            for (name, fe), tmp in zip(fronts, (crnn_tmp, atst_tmp))
+            for stream, fe in frontends.items()
         }
         progress = Progress(label=f"cache-features {audio_dir}", total=n_rows, unit="clips")
         for length in sorted(set(padded)):
@@ -148,9 +196,9 @@ def build_feature_cache(
                     batch[j, : len(wave)] = wave
                 with torch.inference_mode():
                     wave_batch = torch.from_numpy(batch)
-                    for name, fe in fronts:
+                    for stream, fe in frontends.items():
                         mel = fe.mel(wave_batch).numpy()  # (b, n_mels, frames of this padded length)
-                        arrays[name][rows, :, : mel.shape[-1]] = mel
+                        arrays[stream][rows, :, : mel.shape[-1]] = mel
                 progress.advance(len(rows))
             log.info("%d clips of %.2f s done", len(group), length / sample_rate)
         progress.close()
@@ -158,11 +206,11 @@ def build_feature_cache(
             array.flush()
         del arrays
     index_rows = [
-        [filename, f"{n / sample_rate:.6f}", str(frontends.crnn.n_frames(n)), str(frontends.atst.n_frames(n))]
+        [filename, f"{n / sample_rate:.6f}", *(str(fe.n_frames(n)) for fe in frontends)]
         for (filename, _), n in zip(entries, n_samples)
     ]
     with atomic_path(out_dir / INDEX_FILE) as tmp:
-        tmp.write_text("\n".join("\t".join(r) for r in [INDEX_COLUMNS, *index_rows]) + "\n")
+        tmp.write_text("\n".join("\t".join(r) for r in [index_columns(streams), *index_rows]) + "\n")
     return open_feature_cache(out_dir)
 
 
@@ -170,7 +218,7 @@ def configure_cache_features(parser: argparse.ArgumentParser):
     parser.add_argument("--durations", required=True, type=Path, help="split's durations.tsv (filename duration)")
     parser.add_argument("--audio-dir", required=True, type=Path, help="split's 16 kHz mono audio folder")
     parser.add_argument("--out-dir", required=True, type=Path, help="feature cache folder to write")
-    parser.add_argument("--config-json", required=True, help='{"frontends": config.frontends, "audio": config.audio}')
+    parser.add_argument("--config-json", required=True, help='{"frontends": the sections to cache (crnn + those the backbones read), "audio": config.audio}')
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--batch-size", type=int, default=16, help="clips per frontend batch")
 
@@ -179,7 +227,7 @@ def configure_cache_features(parser: argparse.ArgumentParser):
         torch.set_num_threads(args.threads)
         cache = build_feature_cache(args.durations, args.audio_dir, args.out_dir, cfg["frontends"],
                                     cfg["audio"]["clip_seconds"], args.batch_size)
-        log.info("wrote %s: %d clips, crnn %s, atst %s", args.out_dir, len(cache), cache.crnn.shape, cache.atst.shape)
+        log.info("wrote %s: %d clips, %s", args.out_dir, len(cache), {k: v.shape for k, v in cache.mels.items()})
         return 0
 
     return run
