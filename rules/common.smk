@@ -313,7 +313,7 @@ def pretrain_split():
     the first labelled training split (strong labels count as clip tags)."""
     pairs = splits_with_role(config, "pretrain")
     if len(pairs) > 1:
-        raise ValueError(f"model.backbones.*.source 'pretrain': at most one split may have role 'pretrain', found {pairs}")
+        raise ValueError(f"model.backbones.*.source 'pretrain': at most one split may have role 'pretrain': {pairs}")
     pairs = pairs or [(d, s) for d, s in train_group_splits() if split_cfg(d, s)["labels"] in ("strong", "weak")]
     if not pairs:
         raise ValueError("model.backbones.*.source 'pretrain' needs a 'pretrain' split or a labelled training split")

@@ -88,7 +88,9 @@ if backbones_with_source("checkpoint"):
         wildcard_constraints:
             backbone="|".join(backbones_with_source("checkpoint")),
         params:
-            cfg=lambda w: as_json({"backbone": backbone_cfg(w.backbone), "frontends": backbone_frontends_cfg(w.backbone)}),
+            cfg=lambda w: as_json(
+                {"backbone": backbone_cfg(w.backbone), "frontends": backbone_frontends_cfg(w.backbone)}
+            ),
         threads: 1
         resources:
             mem_mb=4000,
@@ -114,7 +116,9 @@ rule cache_embeddings:
         backbone="|".join(backbone_names()),
     params:
         features=lambda w: feature_dir(w.dataset, w.split),
-        cfg=lambda w: as_json({"frontends": backbone_frontends_cfg(w.backbone), "clip_seconds": config["audio"]["clip_seconds"]}),
+        cfg=lambda w: as_json(
+            {"frontends": backbone_frontends_cfg(w.backbone), "clip_seconds": config["audio"]["clip_seconds"]}
+        ),
     threads: config["training"]["threads"]
     resources:
         gpu=1,

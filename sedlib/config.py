@@ -128,8 +128,9 @@ def _check_cross_fields(config: dict, source: str) -> None:
             fail(f"model.backbones.{name}.embed_dim", "must be divisible by num_heads")
         if backbone["source"] == "checkpoint" and not backbone.get("checkpoint"):
             fail(f"model.backbones.{name}.checkpoint", "required when source is 'checkpoint' (path, or url + sha256)")
-        if BACKBONE_KINDS[backbone["kind"]] not in config["frontends"]:
-            fail(f"model.backbones.{name}.kind", f"'{backbone['kind']}' reads frontends.{BACKBONE_KINDS[backbone['kind']]}")
+        frontend = BACKBONE_KINDS[backbone["kind"]]
+        if frontend not in config["frontends"]:
+            fail(f"model.backbones.{name}.kind", f"'{backbone['kind']}' reads frontends.{frontend}: not configured")
     for index, member in enumerate(config["training"]["members"]):
         member.setdefault("backbone", next(iter(backbones)))
         if member["backbone"] not in backbones:

@@ -53,7 +53,8 @@ class ToyBackbone(Backbone):
     @classmethod
     def official_state_dict(cls, checkpoint: dict, which: str = "teacher") -> tuple[dict[str, torch.Tensor], str]:
         prefix = "toy_encoder."
-        return {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}, "toy-official"
+        state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        return state, "toy-official"
 
 
 def toy_config(stage: int, epochs: int = 1) -> dict:
@@ -136,7 +137,7 @@ def toy_data(tmp_path_factory):
         if labels == "strong":
             entry["metadata"] = str(root / f"{name}_strong.tsv")
         if labels == "weak":
-            entry["weak_train"], entry["weak_val"] = str(root / f"{name}_weak_train.tsv"), str(root / f"{name}_weak_val.tsv")
+            entry.update(weak_train=str(root / f"{name}_weak_train.tsv"), weak_val=str(root / f"{name}_weak_val.tsv"))
         entries.append(entry)
     return root, {"splits": entries, "backbone": str(root / "toy.pt")}
 

@@ -126,13 +126,13 @@ def open_feature_cache(directory: str | Path) -> FeatureCache:
         header = next(csv.reader(handle, delimiter="\t"), [])
     streams = [column[2:] for column in header[2:] if column.startswith("n_")]
     if "crnn" not in streams:
-        raise ValueError(f"{index}: line 1: expected the header 'filename duration n_crnn [n_<stream> ...]', got {header}")
+        raise ValueError(f"{index}: line 1: expected the header 'filename duration n_crnn [n_<stream> ...]': {header}")
     rows = read_table(index, index_columns(streams))
     mels = {stream: np.load(directory / mel_file(stream), mmap_mode="r") for stream in streams}
     for stream, array in mels.items():
         if array.ndim != 3 or array.shape[0] != len(rows):
             raise ValueError(
-                f"{directory / mel_file(stream)}: shape {array.shape}, expected ({len(rows)}, mels, frames) per {INDEX_FILE}"
+                f"{directory / mel_file(stream)}: shape {array.shape}, expected ({len(rows)}, mels, frames) as the index"
             )
     filenames = [r[0] for r in rows]
     return FeatureCache(
@@ -218,7 +218,8 @@ def configure_cache_features(parser: argparse.ArgumentParser):
     parser.add_argument("--durations", required=True, type=Path, help="split's durations.tsv (filename duration)")
     parser.add_argument("--audio-dir", required=True, type=Path, help="split's 16 kHz mono audio folder")
     parser.add_argument("--out-dir", required=True, type=Path, help="feature cache folder to write")
-    parser.add_argument("--config-json", required=True, help='{"frontends": the sections to cache (crnn + those the backbones read), "audio": config.audio}')
+    parser.add_argument("--config-json", required=True,
+                        help='{"frontends": the sections to cache (crnn + those the backbones read), "audio": config.audio}')
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--batch-size", type=int, default=16, help="clips per frontend batch")
 

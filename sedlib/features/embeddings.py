@@ -65,7 +65,8 @@ def embed_cache(
     mel, n_frames, step = cache.mel(backbone.frontend), cache.n_frames(backbone.frontend), backbone.frames_per_embedding
     layout = chunk_layout(mel.shape[-1], clip_frames, step)
     # rows of the clips long enough to reach each chunk
-    chunk_rows = [np.flatnonzero(n_frames - start >= step) if start else np.arange(len(cache)) for start, _, _ in layout]
+    chunk_rows = [np.flatnonzero(n_frames - start >= step) if start else np.arange(len(cache))
+                  for start, _, _ in layout]  # fmt: skip
     progress = Progress(label="cache-embeddings", total=sum(map(len, chunk_rows)), unit="clip windows")
     for (start, stop, first_embedding), rows in zip(layout, chunk_rows):
         for first in range(0, len(rows), batch_size):
@@ -137,7 +138,7 @@ def configure_cache_embeddings(parser: argparse.ArgumentParser):
     parser.add_argument("--backbone", required=True, type=Path, help="backbone file (results/backbone/{name}.pt)")
     parser.add_argument("--out", required=True, type=Path, help="embedding array (.npy; sidecar .json beside it)")
     parser.add_argument("--config-json", required=True,
-                        help='{"frontends": {<name>: the section the backbone reads}, "clip_seconds": audio.clip_seconds}')
+                        help='{"frontends": {<name>: the section the backbone reads}, "clip_seconds": s}')
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--batch-size", type=int, default=32, help="chunks per backbone batch")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")

@@ -12,11 +12,11 @@ split) with a linear head on every frame embedding (ATST-Frame: 40 ms):
   the mean embedding).
 
 Inputs are the split's cached features of the backbone's frontend stream (ATST mel for ATST-Frame), normalised by
-that frontend; clips longer than 10 s are cropped at a random whole-embedding-frame offset each epoch (targets shift with the crop; evaluation uses the first
-10 s). A seeded ``val_fraction`` of the clips is held out; clip-level macro mAP (clip score: maximum frame
-probability) on train and held-out clips is measured before and after training and stored in the backbone
-file's provenance (``log``) to show that the backbone learned. AdamW with a cosine decay to 0 over
-``epochs``; the metadata's header decides the mode.
+that frontend; clips longer than 10 s are cropped at a random whole-embedding-frame offset each epoch (targets
+shift with the crop; evaluation uses the first 10 s). A seeded ``val_fraction`` of the clips is held out; clip-
+level macro mAP (clip score: maximum frame probability) on train and held-out clips is measured before and after
+training and stored in the backbone file's provenance (``log``) to show that the backbone learned. AdamW with a
+cosine decay to 0 over ``epochs``; the metadata's header decides the mode.
 """
 
 from __future__ import annotations

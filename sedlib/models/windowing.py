@@ -32,7 +32,8 @@ def predict_clip(model, frontends, wave: torch.Tensor, window_s: float = 10.0, h
     """(C, frames) strong logits of a mono waveform ``wave`` (samples,) at the frontends' sample rate.
 
     ``model``: a CRNN in eval mode (``forward(crnn_feats, atst_feats=...) -> SEDOutput``, ``time_pooling``);
-    ``frontends``: ``sedlib.features.frontends.Frontends`` with ``crnn`` and the backbone's frontend. Windows are computed ``batch_size`` at a time on
+    ``frontends``: ``sedlib.features.frontends.Frontends`` with ``crnn`` and the backbone's frontend. Windows are
+    computed ``batch_size`` at a time on
     ``wave``'s device. ``on_progress(seconds)``, if given, is called after each batch with the seconds of
     ``wave`` newly covered (they add up to its duration).
     """

@@ -4,14 +4,15 @@ Input: a stage-2 ``model.pt`` and the split's feature cache (linear mels, see :m
 The network that predicts is the member's **teacher** (EMA weights) by default, or its student
 (``pseudo_labels.network``; the published DCASE 2024 winner's ``store_predictions`` defaults to the student).
 
-Every clip is cut into model-input windows of ``audio.clip_seconds`` (626 CRNN mel frames and 1001 frames of
-the backbone's frontend stream, the ATST mel for ATST-Frame; 156 output frames per 10 s). A clip of at most that length is one window (the cache zero-pads it to 10 s,
-as training sees it). A longer clip gets windows every ``hop_seconds`` rounded down to the crop grid, the
-last one ending at or after the clip's end (zero-padded past the cached width); window starts are multiples
-of the crop grid (ATST-Frame: 0.32 s = 20 CRNN mel frames, 32 ATST mel frames, 5 output frames), as training crops,
-so every window's output frames land exactly on the clip's frame grid. Each window is normalised on its
-own by the frontends' ``normalize`` (like a training crop); overlapping windows' logits are averaged.
-Frames past a clip's true length (``n_frames = n_crnn // time_pooling``) are padding.
+Every clip is cut into model-input windows of ``audio.clip_seconds`` (626 CRNN mel frames and 1001 frames of the
+backbone's frontend stream, the ATST mel for ATST-Frame; 156 output frames per 10 s). A clip of at most that
+length is one window (the cache zero-pads it to 10 s, as training sees it). A longer clip gets windows every
+``hop_seconds`` rounded down to the crop grid, the last one ending at or after the clip's end (zero-padded past
+the cached width); window starts are multiples of the crop grid (ATST-Frame: 0.32 s = 20 CRNN mel frames, 32
+ATST mel frames, 5 output frames), as training crops, so every window's output frames land exactly on the clip's
+frame grid. Each window is normalised on its own by the frontends' ``normalize`` (like a training crop);
+overlapping windows' logits are averaged. Frames past a clip's true length (``n_frames = n_crnn //
+time_pooling``) are padding.
 
 Runs in eval mode under ``torch.inference_mode``, in a fixed window order; results do not depend on the
 batch size beyond float rounding.

@@ -69,7 +69,7 @@ class Geometry:
         stream, per_embedding = backbone_stream(config["model"], frontends)
         grid_samples = crop_grid_samples(frontends, time_pooling, stream, per_embedding)
         crnn_hop, in_hop = frontends["crnn"]["hop_length"], frontends[stream]["hop_length"]
-        win_crnn, win_in = frames_per_clip(frontends["crnn"], clip_seconds), frames_per_clip(frontends[stream], clip_seconds)
+        win_crnn, win_in = (frames_per_clip(frontends[name], clip_seconds) for name in ("crnn", stream))
         return cls(
             clip_seconds=clip_seconds,
             grid_seconds=grid_samples / frontends["crnn"]["sample_rate"],
