@@ -287,21 +287,24 @@ def fetch_backbone(backbone_cfg: dict, frontends_cfg: dict, out: Path, download_
     if spec.get("path"):
         source = Path(spec["path"])
         if not source.is_file():
-            raise FileNotFoundError(f"model.backbones.*.checkpoint.path: no file at {source}")
+            raise FileNotFoundError(f"model.backbones.<name>.checkpoint.path: no file at {source}")
         if spec.get("checksum"):
             algorithm, expected = parse_checksum(spec["checksum"])
             actual = file_digest(source, algorithm)
             if actual != expected:
                 raise ValueError(
-                    f"{source}: {algorithm} is {actual}, expected {expected} (model.backbones.*.checkpoint.checksum)"
+                    f"{source}: {algorithm} is {actual}, expected {expected} "
+                    "(model.backbones.<name>.checkpoint.checksum)"
                 )
     elif spec.get("url"):
         if not spec.get("checksum"):
-            raise ValueError("model.backbones.*.checkpoint: a url needs a checksum ('sha256:<hex>' or 'md5:<hex>')")
+            raise ValueError(
+                "model.backbones.<name>.checkpoint: a url needs a checksum ('sha256:<hex>' or 'md5:<hex>')"
+            )
         source = download_dir / Path(spec["url"].split("?", 1)[0]).name
         download_file(spec["url"], source, spec["checksum"])
     else:
-        raise ValueError("model.backbones.*.checkpoint: expected 'path', or 'url' + 'checksum'")
+        raise ValueError("model.backbones.<name>.checkpoint: expected 'path', or 'url' + 'checksum'")
     backbone = build_backbone({"backbone": backbone_cfg}, frontends_cfg)
     layout = load_backbone_weights(backbone, source)
     provenance = {"source": "checkpoint", "origin": spec.get("url") or str(source), "layout": layout,
