@@ -171,14 +171,18 @@ def feature_streams():
 
 
 def feature_dir(dataset, split):
-    """{stream}_mel.npy (N, n_mels, frames) per feature_streams(), index.tsv."""
+    """crnn_mel.npy + index.tsv (cache_features); {stream}_mel.npy + {stream}_index.tsv per backbone frontend
+    stream (cache_stream)."""
     return f"{R}/features/{dataset}/{split}"
 
 
 def feature_files(dataset, split, streams=None):
-    """{stream: mel array, 'index': index.tsv} of a split's feature cache (streams: default feature_streams())."""
+    """{stream: mel array, 'index': index.tsv, '{stream}_index': its own index} of a split's feature cache
+    (streams: default feature_streams())."""
     d = feature_dir(dataset, split)
-    return {**{s: f"{d}/{s}_mel.npy" for s in streams or feature_streams()}, "index": f"{d}/index.tsv"}
+    files = {s: f"{d}/{s}_mel.npy" for s in streams or feature_streams()}
+    own_indexes = {f"{s}_index": f"{d}/{s}_index.tsv" for s in files if s != "crnn"}
+    return {**files, "index": f"{d}/index.tsv", **own_indexes}
 
 
 def backbone_frontends_cfg(backbone):
@@ -232,7 +236,7 @@ def member_backbone(member):
 
 
 def member_feature_files(member, dataset, split):
-    """The feature arrays a member reads (crnn and its backbone's stream) and the index."""
+    """The feature arrays a member reads (crnn and its backbone's stream) and their indexes."""
     return list(feature_files(dataset, split, ["crnn", backbone_frontend(member_backbone(member))]).values())
 
 

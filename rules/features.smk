@@ -21,12 +21,12 @@ rule cache_features:
     input:
         durations=durations_file("{dataset}", "{split}"),
     output:
-        mels=[f for key, f in feature_files("{dataset}", "{split}").items() if key != "index"],
-        index=feature_files("{dataset}", "{split}")["index"],
+        mel=feature_files("{dataset}", "{split}", ["crnn"])["crnn"],
+        index=feature_files("{dataset}", "{split}", ["crnn"])["index"],
     params:
         audio=lambda w: resampled_dir(w.dataset, w.split),
         out=lambda w: feature_dir(w.dataset, w.split),
-        cfg=as_json({"frontends": {s: config["frontends"][s] for s in feature_streams()}, "audio": config["audio"]}),
+        cfg=as_json({"frontends": {"crnn": config["frontends"]["crnn"]}, "audio": config["audio"]}),
     threads: 2
     resources:
         mem_mb=4000,
@@ -41,19 +41,46 @@ rule cache_features:
         " --out-dir {params.out:q} --config-json {params.cfg:q} --threads {threads} > {log} 2>&1"
 
 
+# The stream of a backbone frontend, in the same folder (its own index): a backbone of a new kind adds a stream
+# without re-running the others.
+rule cache_stream:
+    input:
+        durations=durations_file("{dataset}", "{split}"),
+    output:
+        mel=feature_dir("{dataset}", "{split}") + "/{stream}_mel.npy",
+        index=feature_dir("{dataset}", "{split}") + "/{stream}_index.tsv",
+    wildcard_constraints:
+        stream="|".join(s for s in feature_streams() if s != "crnn"),
+    params:
+        audio=lambda w: resampled_dir(w.dataset, w.split),
+        out=lambda w: feature_dir(w.dataset, w.split),
+        cfg=lambda w: as_json({"frontends": {w.stream: config["frontends"][w.stream]}, "audio": config["audio"]}),
+    threads: 2
+    resources:
+        mem_mb=4000,
+    log:
+        log_file("cache_stream", "{dataset}", "{split}", "{stream}"),
+    benchmark:
+        benchmark_file("cache_stream", "{dataset}", "{split}", "{stream}")
+    conda:
+        SEDLIB_ENV
+    shell:
+        "python -m sedlib cache-features --durations {input.durations:q} --audio-dir {params.audio:q}"
+        " --out-dir {params.out:q} --config-json {params.cfg:q} --threads {threads} > {log} 2>&1"
+
+
 if backbones_with_source("pretrain"):
 
     rule pretrain_backbone:
         input:
-            mel=lambda w: feature_files(*pretrain_split())[backbone_frontend(w.backbone)],
-            index=feature_files(*pretrain_split())["index"],
+            features=lambda w: list(feature_files(*pretrain_split(), ["crnn", backbone_frontend(w.backbone)]).values()),
             metadata=metadata_file(*pretrain_split()),
         output:
             backbone_file("{backbone}"),
         wildcard_constraints:
             backbone="|".join(backbones_with_source("pretrain")),
         params:
-            features=lambda w, input: os.path.dirname(input.index),
+            features=feature_dir(*pretrain_split()),
             cfg=lambda w: as_json(
                 {
                     "backbone": backbone_cfg(w.backbone),
@@ -106,8 +133,7 @@ if backbones_with_source("checkpoint"):
 
 rule cache_embeddings:
     input:
-        mel=lambda w: feature_files(w.dataset, w.split)[backbone_frontend(w.backbone)],
-        index=feature_files("{dataset}", "{split}")["index"],
+        features=lambda w: list(feature_files(w.dataset, w.split, ["crnn", backbone_frontend(w.backbone)]).values()),
         backbone=backbone_file("{backbone}"),
     output:
         npy=embedding_file("{backbone}", "{dataset}", "{split}"),

@@ -87,6 +87,28 @@ def test_cache_features_command_matches_library(cache, split, config, tmp_path):
     np.testing.assert_allclose(again.atst, cache.atst, rtol=1e-5, atol=1e-6)
 
 
+def test_streams_cached_separately_equal_the_combined_cache(cache, split, config, tmp_path):
+    """The workflow caches the CRNN stream (index.tsv) and each backbone frontend's stream ({stream}_index.tsv) in
+    separate jobs: a new stream leaves the others untouched. The opened cache is the combined one."""
+    folder = tmp_path / "features"
+    assert build_feature_cache(split / "durations.tsv", split / "audio_16k", folder,
+                               {"atst": config["frontends"]["atst"]}, 10.0, batch_size=3) is None  # fmt: skip
+    crnn_only = build_feature_cache(split / "durations.tsv", split / "audio_16k", folder,
+                                    {"crnn": config["frontends"]["crnn"]}, 10.0, batch_size=3)  # fmt: skip
+    assert (folder / "index.tsv").read_text().splitlines()[0] == "filename\tduration\tn_crnn"
+    assert (folder / "atst_index.tsv").read_text().splitlines()[0] == "filename\tduration\tn_atst"
+    assert sorted(crnn_only.mels) == ["atst", "crnn"] and crnn_only.filenames == cache.filenames
+    np.testing.assert_array_equal(crnn_only.n_atst, cache.n_atst)
+    np.testing.assert_array_equal(crnn_only.atst, cache.atst)
+    np.testing.assert_array_equal(crnn_only.crnn, cache.crnn)
+    with pytest.raises(ValueError, match="no 'beats' features \\(cached: \\['atst', 'crnn'\\]\\)"):
+        crnn_only.mel("beats")
+    rows = (folder / "atst_index.tsv").read_text().splitlines()
+    (folder / "atst_index.tsv").write_text("\n".join([rows[0], *reversed(rows[1:])]) + "\n")
+    with pytest.raises(ValueError, match="atst_index.tsv: lists other clips \\(or another order\\)"):
+        open_feature_cache(folder)
+
+
 def test_cache_errors_name_the_file(split, config, tmp_path, capsys):
     bad = tmp_path / "durations.tsv"
     bad.write_text("filename\tduration\nten.wav\t9.0\n")

@@ -6,7 +6,8 @@ run needs (``crnn`` always, plus the section each configured backbone kind reads
 - ``atst_mel.npy`` float32 (N, 64, T_max'): linear power mel (power 2), before dB; 1001 frames per 10 s;
 - ``{stream}_mel.npy`` likewise for any other frontend section;
 - ``index.tsv``: ``filename duration n_crnn [n_{stream} ...]`` per row (true duration in s, true frame counts),
-  written last: its presence marks the cache complete.
+  written last: its presence marks the cache complete. A stream cached by its own job (the workflow caches each
+  backbone frontend's stream separately, so adding one re-runs nothing else) has ``{stream}_index.tsv`` instead.
 Clips shorter than ``audio.clip_seconds`` are zero-padded to it; longer ones are kept whole and the arrays
 are as wide as the longest clip (T_max = frames of max(clip_seconds, longest clip)); frames past a clip's
 padded length are zero. Clips are processed in batches of equal padded length, so every clip's features are
@@ -116,45 +117,67 @@ def read_table(path: Path, columns: list[str]) -> list[list[str]]:
     return rows
 
 
-def open_feature_cache(directory: str | Path) -> FeatureCache:
-    """Open a split's feature cache (arrays memory-mapped read-only); checks that arrays and index agree."""
-    directory = Path(directory)
-    index = directory / INDEX_FILE
-    if not index.is_file():
-        raise FileNotFoundError(f"file not found: {index}")
-    with open(index, newline="") as handle:
+def _read_index(path: Path) -> tuple[list[str], list[list[str]]]:
+    """(streams, rows) of an index file ``filename duration n_<stream> ...``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    with open(path, newline="") as handle:
         header = next(csv.reader(handle, delimiter="\t"), [])
     streams = [column[2:] for column in header[2:] if column.startswith("n_")]
+    if not streams:
+        raise ValueError(f"{path}: line 1: expected the header 'filename duration n_<stream> ...', got {header}")
+    return streams, read_table(path, index_columns(streams))
+
+
+def open_feature_cache(directory: str | Path) -> FeatureCache:
+    """Open a split's feature cache (arrays memory-mapped read-only); checks that arrays and indexes agree.
+
+    ``index.tsv`` lists the streams built with the CRNN stream; a stream built on its own has its
+    ``{stream}_index.tsv`` (same clips, same order).
+    """
+    directory = Path(directory)
+    streams, rows = _read_index(directory / INDEX_FILE)
     if "crnn" not in streams:
-        raise ValueError(f"{index}: line 1: expected the header 'filename duration n_crnn [n_<stream> ...]': {header}")
-    rows = read_table(index, index_columns(streams))
-    mels = {stream: np.load(directory / mel_file(stream), mmap_mode="r") for stream in streams}
+        raise ValueError(f"{directory / INDEX_FILE}: line 1: expected the column n_crnn, got streams {streams}")
+    filenames = [r[0] for r in rows]
+    frames = {stream: np.array([int(r[2 + k]) for r in rows]) for k, stream in enumerate(streams)}
+    for path in sorted(directory.glob(f"*_{INDEX_FILE}")):
+        own_streams, own_rows = _read_index(path)
+        if [r[0] for r in own_rows] != filenames:
+            raise ValueError(f"{path}: lists other clips (or another order) than {directory / INDEX_FILE}")
+        frames.update({stream: np.array([int(r[2 + k]) for r in own_rows]) for k, stream in enumerate(own_streams)})
+    mels = {stream: np.load(directory / mel_file(stream), mmap_mode="r") for stream in frames}
     for stream, array in mels.items():
         if array.ndim != 3 or array.shape[0] != len(rows):
             raise ValueError(
                 f"{directory / mel_file(stream)}: shape {array.shape}, expected ({len(rows)}, mels, frames) as the index"
             )
-    filenames = [r[0] for r in rows]
     return FeatureCache(
         directory=directory,
         mels=mels,
-        frames={stream: np.array([int(r[2 + k]) for r in rows]) for k, stream in enumerate(streams)},
+        frames=frames,
         filenames=filenames,
         durations=np.array([float(r[1]) for r in rows]),
         rows={name: i for i, name in enumerate(filenames)},
     )
 
 
+def stream_index_file(stream: str) -> str:
+    """Index of a stream built without the CRNN stream: '{stream}_index.tsv'."""
+    return f"{stream}_{INDEX_FILE}"
+
+
 def build_feature_cache(
     durations_file: Path, audio_dir: Path, out_dir: Path, frontends_cfg: dict, clip_seconds: float, batch_size: int = 16
-) -> FeatureCache:
+) -> FeatureCache | None:
     """Compute the mel features of every clip listed in ``durations_file`` into ``out_dir``: one stream per
-    section of ``frontends_cfg`` (``crnn`` first; the others in the given order)."""
-    if "crnn" not in frontends_cfg:
-        raise ValueError("cache-features: the frontends must include 'crnn' (the CNN branch of every model)")
-    streams = ["crnn", *(name for name in frontends_cfg if name != "crnn")]
+    section of ``frontends_cfg`` (``crnn`` first; the others in the given order). With ``crnn`` the frame counts
+    of every stream go to ``index.tsv``; without it each stream gets its own ``{stream}_index.tsv``, so a stream
+    can be added to a cache (a backbone of a new kind) without touching the others. Returns the opened cache
+    (without ``crnn``: None)."""
+    streams = sorted(frontends_cfg, key=lambda name: name != "crnn")
     frontends = build_frontends(frontends_cfg, streams)
-    sample_rate = frontends.crnn.sample_rate
+    sample_rate = frontends[streams[0]].sample_rate
     clip_samples = int(round(clip_seconds * sample_rate))
     entries = list(read_durations(durations_file).items())
     if not entries:
@@ -205,13 +228,15 @@ def build_feature_cache(
         for array in arrays.values():
             array.flush()
         del arrays
-    index_rows = [
-        [filename, f"{n / sample_rate:.6f}", *(str(fe.n_frames(n)) for fe in frontends)]
-        for (filename, _), n in zip(entries, n_samples)
-    ]
-    with atomic_path(out_dir / INDEX_FILE) as tmp:
-        tmp.write_text("\n".join("\t".join(r) for r in [index_columns(streams), *index_rows]) + "\n")
-    return open_feature_cache(out_dir)
+    indexes = {INDEX_FILE: streams} if "crnn" in streams else {stream_index_file(s): [s] for s in streams}
+    for name, columns in indexes.items():
+        index_rows = [
+            [filename, f"{n / sample_rate:.6f}", *(str(frontends[s].n_frames(n)) for s in columns)]
+            for (filename, _), n in zip(entries, n_samples)
+        ]
+        with atomic_path(out_dir / name) as tmp:
+            tmp.write_text("\n".join("\t".join(r) for r in [index_columns(columns), *index_rows]) + "\n")
+    return open_feature_cache(out_dir) if "crnn" in streams else None
 
 
 def configure_cache_features(parser: argparse.ArgumentParser):
@@ -226,9 +251,9 @@ def configure_cache_features(parser: argparse.ArgumentParser):
     def run(args: argparse.Namespace) -> int:
         cfg = json.loads(args.config_json)
         torch.set_num_threads(args.threads)
-        cache = build_feature_cache(args.durations, args.audio_dir, args.out_dir, cfg["frontends"],
+        build_feature_cache(args.durations, args.audio_dir, args.out_dir, cfg["frontends"],
                                     cfg["audio"]["clip_seconds"], args.batch_size)
-        log.info("wrote %s: %d clips, %s", args.out_dir, len(cache), {k: v.shape for k, v in cache.mels.items()})
+        log.info("wrote %s: %s", args.out_dir, sorted(cfg["frontends"]))
         return 0
 
     return run
