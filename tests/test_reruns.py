@@ -182,7 +182,7 @@ def test_local_audio_change_reresamples_that_split_only(local_state, change):
     # Only the weak split's own chain follows: its metadata, partition, features, embeddings (then training).
     assert {p for p in under(todo, "results/data/", "results/features/", "results/embeddings/")
             if "/weak" not in p} == set()
-    assert "results/backbone/backbone.pt" not in todo
+    assert "results/backbone/atst.pt" in current and "results/backbone/atst.pt" not in todo
 
 
 def test_stage2_hyperparameter_reruns_stage2_and_downstream_only(state):

@@ -23,7 +23,7 @@ TINY = {
             }
         }
     },
-    "model": {"backbone": {"pretrain": {"epochs": 1, "batch_size": 16, "lr": 0.003}}},
+    "model": {"backbones": {"atst": {"pretrain": {"epochs": 1, "batch_size": 16, "lr": 0.003}}}},
     "training": {
         "stage1": {"epochs": 1, "batch_sizes": {"strong_real": 1, "synthetic": 1, "weak": 2, "unlabeled": 2}},
         "stage2": {"epochs": 1, "batch_sizes": {"strong_real": 1, "synthetic": 1, "weak": 2, "unlabeled": 2}},
