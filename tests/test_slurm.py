@@ -26,7 +26,8 @@ pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm"
 # The embedded backbone: synthesize -> resample, validate_metadata -> cache_features, cache_stream ->
-# pretrain_backbone (declares a GPU). Every level of the chain costs a few status polls (the plugin's poll interval grows by 10 s per poll).
+# pretrain_backbone (declares a GPU). Every level of the chain costs a few status polls (the plugin's poll interval
+# grows by 10 s per poll).
 TARGET = "results/backbone/atst.pt"
 RUN_TIMEOUT_S = 540
 TINY_CONFIG = {
