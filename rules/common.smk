@@ -5,8 +5,9 @@ import json
 import os
 import posixpath
 
-from sedlib.config import (ROLES, SCORED_ROLES, TRAIN_ROLES, labelled_classes, output_classes, scored_classes,
-                           split_ref, splits_with_role, stage_batch_sizes, stage_config, validate_config)
+from sedlib.config import (BACKBONE_KINDS, ROLES, SCORED_ROLES, TRAIN_ROLES, labelled_classes, output_classes,
+                           scored_classes, split_ref, splits_with_role, stage_batch_sizes, stage_config,
+                           validate_config)
 from sedlib.data.manifest import refresh_manifest
 
 # Validated at DAG build time against sedlib/schemas/config.schema.yaml, defaults filled into `config`, plus the
@@ -27,6 +28,7 @@ wildcard_constraints:
     dataset="[A-Za-z0-9]+",
     split="[A-Za-z0-9_]+",
     member="[A-Za-z0-9]+",
+    backbone="[A-Za-z0-9]+",
     model="[A-Za-z0-9_]+",
     iteration="[0-9]+",
     stage="[12]",
@@ -147,24 +149,56 @@ def weak_part_file(dataset, split, part):
 
 
 # ----------------------------------------------------------------------------- features and backbone
+def backbone_cfg(backbone):
+    """The model.backbones entry called `backbone`."""
+    return config["model"]["backbones"][backbone]
+
+
+def backbone_names():
+    """The backbones some member uses, in model.backbones order: only these get files and embedding caches."""
+    used = {m["backbone"] for m in config["training"]["members"]}
+    return [name for name in config["model"]["backbones"] if name in used]
+
+
+def backbone_frontend(backbone):
+    """The frontends section (= feature stream) that a backbone's kind reads."""
+    return BACKBONE_KINDS[backbone_cfg(backbone)["kind"]]
+
+
+def feature_streams():
+    """Streams of every feature cache: crnn and the frontends of the used backbones, in `frontends` order."""
+    needed = {"crnn", *map(backbone_frontend, backbone_names())}
+    return [name for name in config["frontends"] if name in needed]
+
+
 def feature_dir(dataset, split):
-    """crnn_mel.npy (N, n_mels, frames), atst_mel.npy (N, 64, frames), index.tsv."""
+    """crnn_mel.npy + index.tsv (cache_features); {stream}_mel.npy + {stream}_index.tsv per backbone frontend
+    stream (cache_stream)."""
     return f"{R}/features/{dataset}/{split}"
 
 
-def feature_files(dataset, split):
+def feature_files(dataset, split, streams=None):
+    """{stream: mel array, 'index': index.tsv, '{stream}_index': its own index} of a split's feature cache
+    (streams: default feature_streams())."""
     d = feature_dir(dataset, split)
-    return {"crnn": f"{d}/crnn_mel.npy", "atst": f"{d}/atst_mel.npy", "index": f"{d}/index.tsv"}
+    files = {s: f"{d}/{s}_mel.npy" for s in streams or feature_streams()}
+    own_indexes = {f"{s}_index": f"{d}/{s}_index.tsv" for s in files if s != "crnn"}
+    return {**files, "index": f"{d}/index.tsv", **own_indexes}
 
 
-def backbone_file():
-    """Backbone weights used by every model: pretrained here (embedded) or fetched (real data)."""
-    return f"{R}/backbone/backbone.pt"
+def backbone_frontends_cfg(backbone):
+    """{section: settings} of the one frontend a backbone reads (what its backbone and embedding jobs depend on)."""
+    return {backbone_frontend(backbone): config["frontends"][backbone_frontend(backbone)]}
 
 
-def embedding_file(dataset, split):
-    """Frozen backbone frame embeddings (N, D, 250) float16 of a split, for stage 1."""
-    return f"{R}/embeddings/{dataset}/{split}.npy"
+def backbone_file(backbone):
+    """Weights of backbone `backbone`: pretrained here (embedded) or fetched (real data)."""
+    return f"{R}/backbone/{backbone}.pt"
+
+
+def embedding_file(backbone, dataset, split):
+    """Frozen frame embeddings (N, D, E) float16 of a split by backbone `backbone`, for stage 1."""
+    return f"{R}/embeddings/{backbone}/{dataset}/{split}.npy"
 
 
 def training_splits(stage=None):
@@ -197,6 +231,16 @@ def iterations():
 
 def member_names():
     return [m["name"] for m in config["training"]["members"]]
+
+
+def member_backbone(member):
+    """Name of the backbone a member trains with (validate_config fills the default: the first)."""
+    return member_cfg(member)["backbone"]
+
+
+def member_feature_files(member, dataset, split):
+    """The feature arrays a member reads (crnn and its backbone's stream) and their indexes."""
+    return list(feature_files(dataset, split, ["crnn", backbone_frontend(member_backbone(member))]).values())
 
 
 def stage_dir(iteration, stage, member):
@@ -304,10 +348,10 @@ def pretrain_split():
     the first labelled training split (strong labels count as clip tags)."""
     pairs = splits_with_role(config, "pretrain")
     if len(pairs) > 1:
-        raise ValueError(f"model.backbone.source 'pretrain': at most one split may have role 'pretrain', found {pairs}")
+        raise ValueError(f"model.backbones.*.source 'pretrain': at most one split may have role 'pretrain': {pairs}")
     pairs = pairs or [(d, s) for d, s in train_group_splits() if split_cfg(d, s)["labels"] in ("strong", "weak")]
     if not pairs:
-        raise ValueError("model.backbone.source 'pretrain' needs a 'pretrain' split or a labelled training split")
+        raise ValueError("model.backbones.*.source 'pretrain' needs a 'pretrain' split or a labelled training split")
     return pairs[0]
 
 
@@ -321,8 +365,9 @@ def train_params(iteration, stage, member):
             "stage": stage,
             "member": member_cfg(member),
             "audio": config["audio"],
-            "frontends": config["frontends"],
-            "model": config["model"],
+            # only the member's backbone and its frontend: adding another backbone leaves this run unchanged
+            "frontends": {k: config["frontends"][k] for k in ("crnn", backbone_frontend(member_backbone(member)))},
+            "model": {"crnn": config["model"]["crnn"], "backbone": backbone_cfg(member_backbone(member))},
             "training": {
                 **{k: config["training"][k] for k in ("accelerator", "devices", "strategy", "precision",
                                                       "accumulate_grad_batches", "num_workers")},
@@ -337,14 +382,14 @@ def train_params(iteration, stage, member):
     )
 
 
-def train_split_inputs(iteration, stage):
-    """Per split, the files a run reads (sedlib.training.data.SplitInputs), in configuration order."""
+def train_split_inputs(iteration, stage, member):
+    """Per split, the files a member's run reads (sedlib.training.data.SplitInputs), in configuration order."""
     entries = []
     for d, s in training_splits(stage):
         split = split_cfg(d, s)
         entry = {"dataset": d, "split": s, "role": split["role"], "labels": split["labels"], "features": feature_dir(d, s)}
         if stage == 1:
-            entry["embeddings"] = embedding_file(d, s)
+            entry["embeddings"] = embedding_file(member_backbone(member), d, s)
         if split["labels"] in ("strong", "soft"):
             entry["metadata"] = metadata_file(d, s)
         if split["role"] == "weak":
@@ -358,14 +403,17 @@ def train_split_inputs(iteration, stage):
 
 def train_inputs(iteration, stage, member):
     """--inputs-json: the splits' files and the initial weights (stage 1: backbone, stage 2: stage-1 model)."""
-    init = {"backbone": backbone_file()} if stage == 1 else {"init_model": model_file(iteration, 1, member)}
-    return {"splits": train_split_inputs(iteration, stage), **init}
+    if stage == 1:
+        init = {"backbone": backbone_file(member_backbone(member))}
+    else:
+        init = {"init_model": model_file(iteration, 1, member)}
+    return {"splits": train_split_inputs(iteration, stage, member), **init}
 
 
 def train_input_files(iteration, stage, member):
     """Every file of train_inputs() plus the feature arrays, for Snakemake's input list."""
     inputs = train_inputs(iteration, stage, member)
-    files = [f for d, s in training_splits(stage) for f in feature_files(d, s).values()]
+    files = [f for d, s in training_splits(stage) for f in member_feature_files(member, d, s)]
     files += [v for e in inputs["splits"] for k, v in e.items() if k not in ("dataset", "split", "role", "labels", "features")]
     return files + [v for k, v in inputs.items() if k != "splits"]
 

@@ -6,22 +6,27 @@
 # (sedlib.models.windowing.predict_clip windows recordings of any length), so no long-clip array is built
 # for them.
 #
-# results/backbone/backbone.pt comes from exactly one rule, chosen by model.backbone.source:
-# pretrain_backbone (embedded default: the tiny ATST-Frame trained on the pretrain split) or fetch_backbone
-# (an official checkpoint, by path or url + checksum). Only that rule is defined, so the DAG has one producer.
+# Each backbone that a member uses (model.backbones, training.members[*].backbone) gets results/backbone/{name}.pt
+# from exactly one rule, chosen by its `source`: pretrain_backbone (embedded default: the tiny ATST-Frame trained
+# on the pretrain split) or fetch_backbone (an official checkpoint, by path or url + checksum); each rule's
+# {backbone} wildcard admits only the names of its source, so every file has one producer. Feature caches hold
+# the CRNN stream and the streams of the used backbones' frontends; embedding caches are per backbone.
+
+
+def backbones_with_source(source):
+    return [name for name in backbone_names() if backbone_cfg(name)["source"] == source]
 
 
 rule cache_features:
     input:
         durations=durations_file("{dataset}", "{split}"),
     output:
-        crnn=feature_files("{dataset}", "{split}")["crnn"],
-        atst=feature_files("{dataset}", "{split}")["atst"],
-        index=feature_files("{dataset}", "{split}")["index"],
+        mel=feature_files("{dataset}", "{split}", ["crnn"])["crnn"],
+        index=feature_files("{dataset}", "{split}", ["crnn"])["index"],
     params:
         audio=lambda w: resampled_dir(w.dataset, w.split),
         out=lambda w: feature_dir(w.dataset, w.split),
-        cfg=as_json({"frontends": config["frontends"], "audio": config["audio"]}),
+        cfg=as_json({"frontends": {"crnn": config["frontends"]["crnn"]}, "audio": config["audio"]}),
     threads: 2
     resources:
         mem_mb=4000,
@@ -36,21 +41,50 @@ rule cache_features:
         " --out-dir {params.out:q} --config-json {params.cfg:q} --threads {threads} > {log} 2>&1"
 
 
-if config["model"]["backbone"]["source"] == "pretrain":
+# The stream of a backbone frontend, in the same folder (its own index): a backbone of a new kind adds a stream
+# without re-running the others.
+rule cache_stream:
+    input:
+        durations=durations_file("{dataset}", "{split}"),
+    output:
+        mel=feature_dir("{dataset}", "{split}") + "/{stream}_mel.npy",
+        index=feature_dir("{dataset}", "{split}") + "/{stream}_index.tsv",
+    wildcard_constraints:
+        stream="|".join(s for s in feature_streams() if s != "crnn"),
+    params:
+        audio=lambda w: resampled_dir(w.dataset, w.split),
+        out=lambda w: feature_dir(w.dataset, w.split),
+        cfg=lambda w: as_json({"frontends": {w.stream: config["frontends"][w.stream]}, "audio": config["audio"]}),
+    threads: 2
+    resources:
+        mem_mb=4000,
+    log:
+        log_file("cache_stream", "{dataset}", "{split}", "{stream}"),
+    benchmark:
+        benchmark_file("cache_stream", "{dataset}", "{split}", "{stream}")
+    conda:
+        SEDLIB_ENV
+    shell:
+        "python -m sedlib cache-features --durations {input.durations:q} --audio-dir {params.audio:q}"
+        " --out-dir {params.out:q} --config-json {params.cfg:q} --threads {threads} > {log} 2>&1"
+
+
+if backbones_with_source("pretrain"):
 
     rule pretrain_backbone:
         input:
-            atst=feature_files(*pretrain_split())["atst"],
-            index=feature_files(*pretrain_split())["index"],
+            features=lambda w: list(feature_files(*pretrain_split(), ["crnn", backbone_frontend(w.backbone)]).values()),
             metadata=metadata_file(*pretrain_split()),
         output:
-            backbone_file(),
+            backbone_file("{backbone}"),
+        wildcard_constraints:
+            backbone="|".join(backbones_with_source("pretrain")),
         params:
-            features=lambda w, input: os.path.dirname(input.index),
-            cfg=as_json(
+            features=feature_dir(*pretrain_split()),
+            cfg=lambda w: as_json(
                 {
-                    "backbone": config["model"]["backbone"],
-                    "atst_frontend": config["frontends"]["atst"],
+                    "backbone": backbone_cfg(w.backbone),
+                    "frontends": backbone_frontends_cfg(w.backbone),
                     "clip_seconds": config["audio"]["clip_seconds"],
                     "seed": config["seed"],
                 }
@@ -60,32 +94,37 @@ if config["model"]["backbone"]["source"] == "pretrain":
             gpu=1,
             mem_mb=4000,
         log:
-            log_file("pretrain_backbone"),
+            log_file("pretrain_backbone", "{backbone}"),
         benchmark:
-            benchmark_file("pretrain_backbone")
+            benchmark_file("pretrain_backbone", "{backbone}")
         conda:
             SEDLIB_ENV
         shell:
             "python -m sedlib pretrain-backbone --features-dir {params.features:q} --metadata {input.metadata:q}"
             " --out {output:q} --config-json {params.cfg:q} --threads {threads} > {log} 2>&1"
 
-else:
+
+if backbones_with_source("checkpoint"):
 
     rule fetch_backbone:
         input:
             # a local checkpoint is tracked as a file; a url is fetched (and checksum-verified) by the command
-            [p for p in [config["model"]["backbone"]["checkpoint"].get("path")] if p],
+            lambda w: [p for p in [backbone_cfg(w.backbone)["checkpoint"].get("path")] if p],
         output:
-            backbone_file(),
+            backbone_file("{backbone}"),
+        wildcard_constraints:
+            backbone="|".join(backbones_with_source("checkpoint")),
         params:
-            cfg=as_json({"backbone": config["model"]["backbone"], "atst_frontend": config["frontends"]["atst"]}),
+            cfg=lambda w: as_json(
+                {"backbone": backbone_cfg(w.backbone), "frontends": backbone_frontends_cfg(w.backbone)}
+            ),
         threads: 1
         resources:
             mem_mb=4000,
         log:
-            log_file("fetch_backbone"),
+            log_file("fetch_backbone", "{backbone}"),
         benchmark:
-            benchmark_file("fetch_backbone")
+            benchmark_file("fetch_backbone", "{backbone}")
         conda:
             SEDLIB_ENV
         shell:
@@ -94,23 +133,26 @@ else:
 
 rule cache_embeddings:
     input:
-        atst=feature_files("{dataset}", "{split}")["atst"],
-        index=feature_files("{dataset}", "{split}")["index"],
-        backbone=backbone_file(),
+        features=lambda w: list(feature_files(w.dataset, w.split, ["crnn", backbone_frontend(w.backbone)]).values()),
+        backbone=backbone_file("{backbone}"),
     output:
-        npy=embedding_file("{dataset}", "{split}"),
-        meta=embedding_file("{dataset}", "{split}").removesuffix(".npy") + ".json",
+        npy=embedding_file("{backbone}", "{dataset}", "{split}"),
+        meta=embedding_file("{backbone}", "{dataset}", "{split}").removesuffix(".npy") + ".json",
+    wildcard_constraints:
+        backbone="|".join(backbone_names()),
     params:
         features=lambda w: feature_dir(w.dataset, w.split),
-        cfg=as_json({"atst": config["frontends"]["atst"], "clip_seconds": config["audio"]["clip_seconds"]}),
+        cfg=lambda w: as_json(
+            {"frontends": backbone_frontends_cfg(w.backbone), "clip_seconds": config["audio"]["clip_seconds"]}
+        ),
     threads: config["training"]["threads"]
     resources:
         gpu=1,
         mem_mb=4000,
     log:
-        log_file("cache_embeddings", "{dataset}", "{split}"),
+        log_file("cache_embeddings", "{backbone}", "{dataset}", "{split}"),
     benchmark:
-        benchmark_file("cache_embeddings", "{dataset}", "{split}")
+        benchmark_file("cache_embeddings", "{backbone}", "{dataset}", "{split}")
     conda:
         SEDLIB_ENV
     shell:

@@ -10,7 +10,7 @@ import re
 rule predict_member_logits:
     input:
         model=lambda w: model_file(w.iteration, 2, w.member),
-        features=lambda w: list(feature_files(w.dataset, w.split).values()),
+        features=lambda w: member_feature_files(w.member, w.dataset, w.split),
     output:
         member_logits_file("{iteration}", "{member}", "{dataset}", "{split}"),
     wildcard_constraints:

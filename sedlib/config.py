@@ -26,6 +26,9 @@ TRAIN_ROLES = ("maestro", *STRONG_ROLES, "weak", "unlabeled")  # maestro: soft s
 SCORED_ROLES = ("validation", "test")  # strong labels, scored against their audio (model selection, test)
 EVALUATED_LABELS = ("strong", "soft")  # label kinds of evaluation.splits: PSDS (strong) / MAESTRO mpAUC (soft)
 ROLES = (*TRAIN_ROLES, *SCORED_ROLES, "pretrain")
+# Backbone kind -> the `frontends` section it reads (its feature-cache stream); the class of each kind declares the
+# same (sedlib.models.backbone); listed here so that the workflow builds its DAG without importing torch.
+BACKBONE_KINDS = {"atst_frame": "atst"}
 
 
 class ConfigError(ValueError):
@@ -55,8 +58,9 @@ def validate_config(config: dict, source: str = "config") -> dict:
 
     Every object of the schema rejects unknown keys; the error names the key, where it is and the closest
     valid key.
-    Also resolves two shorthands: ``evaluation.splits: null`` (every split with role test) and an integer
-    ``evaluation.median_window`` (that window for every class).
+    Also resolves three shorthands: ``evaluation.splits: null`` (every split with role test), an integer
+    ``evaluation.median_window`` (that window for every class) and a member without ``backbone`` (the first of
+    ``model.backbones``).
     """
     validator = _validator_with_defaults()(schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
@@ -121,11 +125,20 @@ def _check_cross_fields(config: dict, source: str) -> None:
     crnn = config["model"]["crnn"]
     if len(crnn["pooling"]) != len(crnn["filters"]):
         fail("model.crnn.pooling", f"needs one [time, freq] pair per conv block ({len(crnn['filters'])})")
-    backbone = config["model"]["backbone"]
-    if backbone["embed_dim"] % backbone["num_heads"]:
-        fail("model.backbone.embed_dim", "must be divisible by num_heads")
-    if backbone["source"] == "checkpoint" and not backbone.get("checkpoint"):
-        fail("model.backbone.checkpoint", "required when source is 'checkpoint' (path, or url + sha256)")
+    backbones = config["model"]["backbones"]
+    for name, backbone in backbones.items():
+        if backbone["embed_dim"] % backbone["num_heads"]:
+            fail(f"model.backbones.{name}.embed_dim", "must be divisible by num_heads")
+        if backbone["source"] == "checkpoint" and not backbone.get("checkpoint"):
+            fail(f"model.backbones.{name}.checkpoint", "required when source is 'checkpoint' (path, or url + sha256)")
+        frontend = BACKBONE_KINDS[backbone["kind"]]
+        if frontend not in config["frontends"]:
+            fail(f"model.backbones.{name}.kind", f"'{backbone['kind']}' reads frontends.{frontend}: not configured")
+    for index, member in enumerate(config["training"]["members"]):
+        member.setdefault("backbone", next(iter(backbones)))
+        if member["backbone"] not in backbones:
+            fail(f"training.members.{index}.backbone", f"'{member['backbone']}' names no backbone of model.backbones "
+                 f"({', '.join(backbones)})")
     for ds_name, ds in config["datasets"].items():
         if ds["source"] in ("download", "local") and not ds.get("root"):
             fail(f"datasets.{ds_name}.root", f"required for source '{ds['source']}'")

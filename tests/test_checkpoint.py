@@ -181,16 +181,16 @@ def test_fetch_backbone_command(config, tmp_path, capsys):
     source = ATSTFrame(embed_dim=64, depth=2, num_heads=4)
     ckpt = tmp_path / "atst_frame.ckpt"
     torch.save(official_frame(source.state_dict()), ckpt)
-    backbone_cfg = dict(config["model"]["backbone"], source="checkpoint",
+    backbone_cfg = dict(config["model"]["backbones"]["atst"], source="checkpoint",
                         checkpoint={"path": str(ckpt), "checksum": "sha256:" + sha256_file(ckpt)})
-    cfg = json.dumps({"backbone": backbone_cfg, "atst_frontend": config["frontends"]["atst"]})
+    cfg = json.dumps({"backbone": backbone_cfg, "frontends": {"atst": config["frontends"]["atst"]}})
     out = tmp_path / "backbone" / "backbone.pt"
     assert cli_main(["fetch-backbone", "--out", str(out), "--config-json", cfg]) == 0
     loaded = load_backbone(out)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in source.state_dict().items())
     assert torch.load(out)["provenance"]["layout"] == "atst-frame"
     backbone_cfg["checkpoint"]["checksum"] = "sha256:" + "0" * 64
-    cfg = json.dumps({"backbone": backbone_cfg, "atst_frontend": config["frontends"]["atst"]})
+    cfg = json.dumps({"backbone": backbone_cfg, "frontends": {"atst": config["frontends"]["atst"]}})
     assert cli_main(["fetch-backbone", "--out", str(tmp_path / "other.pt"), "--config-json", cfg]) == 2
     assert "atst_frame.ckpt: sha256 is" in capsys.readouterr().err
     assert not (tmp_path / "other.pt").exists()
@@ -217,8 +217,8 @@ def test_checkpoint_with_code_is_refused_and_never_run(config, tmp_path, capsys,
         evil.write_bytes(pickle.dumps(payload, protocol=2))
     with pytest.raises(ValueError, match="evil.pt: refused: .*system"):
         read_checkpoint(evil)
-    backbone_cfg = dict(config["model"]["backbone"], source="checkpoint", checkpoint={"path": str(evil)})
-    fetch = json.dumps({"backbone": backbone_cfg, "atst_frontend": config["frontends"]["atst"]})
+    backbone_cfg = dict(config["model"]["backbones"]["atst"], source="checkpoint", checkpoint={"path": str(evil)})
+    fetch = json.dumps({"backbone": backbone_cfg, "frontends": {"atst": config["frontends"]["atst"]}})
     commands = {
         "infer": ["infer", str(tmp_path / "a.wav"), "--checkpoint", str(evil), "--out", str(tmp_path / "e.tsv")],
         "fetch-backbone": ["fetch-backbone", "--out", str(tmp_path / "b.pt"), "--config-json", fetch],

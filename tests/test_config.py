@@ -46,7 +46,7 @@ def test_every_schema_object_rejects_unknown_keys():
         (("evaluation", "f1"), "treshold", "threshold"),
         (("evaluation", "bootstrap"), "seeds", "seed"),
         (("datasets", "desed", "splits", "weak"), "val_fracton", "val_fraction"),
-        (("model", "backbone"), "dept", "depth"),
+        (("model", "backbones", "atst"), "dept", "depth"),
         ((), "evalution", "evaluation"),
     ],
 )
@@ -89,3 +89,28 @@ def test_snakemake_reports_an_unknown_top_level_key_in_one_line(tmp_path, copy_w
 @pytest.mark.parametrize("name", ["workflow_config.yaml", "configs/desed.yaml"])
 def test_shipped_configurations_validate(repo_root, name):
     assert load_config(repo_root / name)["datasets"]
+
+
+def test_members_choose_a_configured_backbone(raw_config):
+    config = copy.deepcopy(raw_config)
+    config["model"]["backbones"]["wide"] = {"embed_dim": 96}
+    config["training"]["members"].append({"name": "seed3", "seed": 3, "backbone": "wide"})
+    validated = validate_config(config)
+    assert [m["backbone"] for m in validated["training"]["members"]] == ["atst", "atst", "wide"]  # default: the first
+    assert validated["model"]["backbones"]["wide"]["depth"] == 2  # schema defaults fill every entry
+    config = copy.deepcopy(raw_config)
+    config["training"]["members"][1]["backbone"] = "beats"
+    with pytest.raises(ConfigError, match=r"field 'training.members.1.backbone': 'beats' names no backbone of "
+                                          r"model.backbones \(atst\)"):
+        validate_config(config, source="cfg.yaml")
+
+
+def test_backbone_entries_are_checked(raw_config):
+    config = copy.deepcopy(raw_config)
+    config["model"]["backbones"]["bad"] = {"embed_dim": 30, "num_heads": 4}
+    with pytest.raises(ConfigError, match="field 'model.backbones.bad.embed_dim': must be divisible by num_heads"):
+        validate_config(config)
+    config = copy.deepcopy(raw_config)
+    config["model"]["backbones"]["x-y"] = {}
+    with pytest.raises(ConfigError, match="model.backbones"):
+        validate_config(config)

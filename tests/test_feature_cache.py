@@ -87,6 +87,28 @@ def test_cache_features_command_matches_library(cache, split, config, tmp_path):
     np.testing.assert_allclose(again.atst, cache.atst, rtol=1e-5, atol=1e-6)
 
 
+def test_streams_cached_separately_equal_the_combined_cache(cache, split, config, tmp_path):
+    """The workflow caches the CRNN stream (index.tsv) and each backbone frontend's stream ({stream}_index.tsv) in
+    separate jobs: a new stream leaves the others untouched. The opened cache is the combined one."""
+    folder = tmp_path / "features"
+    assert build_feature_cache(split / "durations.tsv", split / "audio_16k", folder,
+                               {"atst": config["frontends"]["atst"]}, 10.0, batch_size=3) is None  # fmt: skip
+    crnn_only = build_feature_cache(split / "durations.tsv", split / "audio_16k", folder,
+                                    {"crnn": config["frontends"]["crnn"]}, 10.0, batch_size=3)  # fmt: skip
+    assert (folder / "index.tsv").read_text().splitlines()[0] == "filename\tduration\tn_crnn"
+    assert (folder / "atst_index.tsv").read_text().splitlines()[0] == "filename\tduration\tn_atst"
+    assert sorted(crnn_only.mels) == ["atst", "crnn"] and crnn_only.filenames == cache.filenames
+    np.testing.assert_array_equal(crnn_only.n_atst, cache.n_atst)
+    np.testing.assert_array_equal(crnn_only.atst, cache.atst)
+    np.testing.assert_array_equal(crnn_only.crnn, cache.crnn)
+    with pytest.raises(ValueError, match="no 'beats' features \\(cached: \\['atst', 'crnn'\\]\\)"):
+        crnn_only.mel("beats")
+    rows = (folder / "atst_index.tsv").read_text().splitlines()
+    (folder / "atst_index.tsv").write_text("\n".join([rows[0], *reversed(rows[1:])]) + "\n")
+    with pytest.raises(ValueError, match="atst_index.tsv: lists other clips \\(or another order\\)"):
+        open_feature_cache(folder)
+
+
 def test_cache_errors_name_the_file(split, config, tmp_path, capsys):
     bad = tmp_path / "durations.tsv"
     bad.write_text("filename\tduration\nten.wav\t9.0\n")
@@ -117,7 +139,7 @@ def test_embedding_cache(cache, split, config, tmp_path):
     backbone_path = tmp_path / "backbone.pt"
     save_backbone(backbone_path, backbone, {"source": "test"})
     out = tmp_path / "emb" / "split.npy"
-    build_embedding_cache(split / "features", backbone_path, out, config["frontends"]["atst"], 10.0, batch_size=3)
+    build_embedding_cache(split / "features", backbone_path, out, config["frontends"], 10.0, batch_size=3)
     emb, meta = open_embeddings(out)
     assert emb.shape == (4, 32, 1471 // 4) == tuple(meta["shape"]) and emb.dtype == np.float16
     assert meta["backbone_sha256"] == sha256_file(backbone_path) and meta["frontend"]["window"] == "hann"
@@ -136,7 +158,7 @@ def test_embedding_cache(cache, split, config, tmp_path):
     assert not emb[[0, 1, 3], :, 250:].any()  # chunks past a clip's true length stay zero
     argv = ["cache-embeddings", "--features-dir", str(split / "features"), "--backbone", str(backbone_path),
             "--out", str(tmp_path / "cli.npy"), "--config-json",
-            json.dumps({"atst": config["frontends"]["atst"], "clip_seconds": 10.0}), "--device", "cpu"]
+            json.dumps({"frontends": {"atst": config["frontends"]["atst"]}, "clip_seconds": 10.0}), "--device", "cpu"]
     assert cli_main(argv) == 0
     assert np.array_equal(np.load(tmp_path / "cli.npy"), emb)
 
@@ -149,9 +171,9 @@ def test_mean_average_precision():
 
 
 def test_pretrain_backbone_command(cache, split, config, tmp_path):
-    backbone_cfg = dict(config["model"]["backbone"], embed_dim=16, depth=1, num_heads=2,
+    backbone_cfg = dict(config["model"]["backbones"]["atst"], embed_dim=16, depth=1, num_heads=2,
                         pretrain={"epochs": 2, "batch_size": 2, "lr": 1e-3})
-    cfg = json.dumps({"backbone": backbone_cfg, "atst_frontend": config["frontends"]["atst"], "clip_seconds": 10.0,
+    cfg = json.dumps({"backbone": backbone_cfg, "frontends": {"atst": config["frontends"]["atst"]}, "clip_seconds": 10.0,
                       "seed": 3})
     paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
     for path in paths:

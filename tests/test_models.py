@@ -96,7 +96,7 @@ def test_crnn_shapes_and_key_names(config):
                 "rnn.rnn.weight_hh_l1_reverse", "cat_tf.weight", "dense.bias", "dense_softmax.weight",
                 "atst_frame.atst.pos_embed", "atst_frame.atst.blocks.1.mlp.fc1.weight"):
         assert key in keys, key
-    cnn_out, embed = config["model"]["crnn"]["filters"][-1], config["model"]["backbone"]["embed_dim"]
+    cnn_out, embed = config["model"]["crnn"]["filters"][-1], config["model"]["backbones"]["atst"]["embed_dim"]
     assert model.cat_tf.in_features == cnn_out + embed and model.cat_tf.out_features == cnn_out  # cnn_out + D -> cnn_out
 
 

@@ -60,11 +60,11 @@ def test_backbone_targets_from_strong_and_weak_labels(tmp_path):
     weak = tmp_path / "weak.tsv"
     weak.write_text("filename\tevent_labels\na.wav\tknock,ring\nb.wav\t\n")
     cache = FakeCache(["a.wav", "extra.wav", "b.wav"])
-    frames, classes, is_strong, rows = read_targets(strong, cache, frame_hop=0.04, patch_frames=4)
+    frames, classes, is_strong, rows = read_targets(strong, cache, frame_hop=0.04, patch_frames=4, stream="atst")
     assert is_strong and classes == ["knock", "ring"] and rows.tolist() == [0, 2] and frames[1] is None
     assert frames[0].shape == (2, 250) and frames[0][0].nonzero()[0].tolist() == list(range(2, 13))  # 0.08-0.52 s
     assert frames[0][1].sum() == 25 and not frames[2].any()
-    clips, classes, is_strong, rows = read_targets(weak, cache, frame_hop=0.04, patch_frames=4)
+    clips, classes, is_strong, rows = read_targets(weak, cache, frame_hop=0.04, patch_frames=4, stream="atst")
     assert not is_strong and rows.tolist() == [0, 2]
     assert clips[0].tolist() == [1.0, 1.0] and clips[2].tolist() == [0.0, 0.0]
 
@@ -76,8 +76,8 @@ class FakeCache(list):
     def filenames(self):
         return list(self)
 
-    @property
-    def n_atst(self):
+    def n_frames(self, stream):
+        assert stream == "atst"
         return np.full(len(self), 1001)
 
 
@@ -117,7 +117,7 @@ def test_own_data_end_to_end(copy_workflow, tmp_path):
     tiny_stage = {"batch_sizes": {"strong": 3}, "epochs": 1}
     config["training"] = {"iterations": 1, "members": [{"name": "m1", "seed": 1}],
                           "stage1": tiny_stage, "stage2": tiny_stage}
-    config["model"] = {"backbone": {"pretrain": {"epochs": 1, "batch_size": 8}}}
+    config["model"] = {"backbones": {"atst": {"pretrain": {"epochs": 1, "batch_size": 8}}}}
     config["evaluation"].update(bootstrap={"n": 2, "seed": 0}, psds_eval_thresholds=2)
     (workdir / "own.yaml").write_text(yaml.safe_dump(config))
     started = time.monotonic()

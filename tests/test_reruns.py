@@ -82,7 +82,7 @@ def under(paths, *prefixes: str) -> set[str]:
     return {p for p in paths if p.startswith(prefixes)}
 
 
-# Outputs that no training change may touch: data, features, backbone, embeddings.
+# Outputs that no training change may touch: data, features, backbones, embeddings.
 UPSTREAM = ("results/data/", "results/features/", "results/backbone/", "results/embeddings/")
 
 
@@ -182,7 +182,7 @@ def test_local_audio_change_reresamples_that_split_only(local_state, change):
     # Only the weak split's own chain follows: its metadata, partition, features, embeddings (then training).
     assert {p for p in under(todo, "results/data/", "results/features/", "results/embeddings/")
             if "/weak" not in p} == set()
-    assert "results/backbone/backbone.pt" not in todo
+    assert "results/backbone/atst.pt" in current and "results/backbone/atst.pt" not in todo
 
 
 def test_stage2_hyperparameter_reruns_stage2_and_downstream_only(state):
@@ -241,6 +241,30 @@ def test_added_member_runs_only_its_jobs_and_the_ensemble(state):
     # pseudo-labels, every member) are rebuilt.
     assert under(current, "results/iter1/pseudo_labels/ensemble/", "results/iter1/scores/ensemble/") <= todo
     assert under(current, "results/iter2/") <= todo
+    assert "results/eval_psds.json" in todo
+
+
+def test_member_with_another_backbone_runs_only_that_backbone_and_member(state):
+    def add(config):
+        config["model"]["backbones"]["wide"] = {**config["model"]["backbones"]["atst"], "embed_dim": 96}
+        config["training"]["members"].append({"name": "seed3", "seed": 3, "backbone": "wide"})
+
+    edit_config(state, add)
+    todo, current = pending(state)
+    new_backbone = {p for p in current if p.startswith(("results/backbone/wide", "results/embeddings/wide/"))}
+    assert "results/backbone/wide.pt" in new_backbone and len(new_backbone) > 1 and new_backbone <= todo
+    # features (the new backbone reads the same ATST stream), the old backbone and its embeddings stay
+    assert not under(todo, "results/data/", "results/features/", "results/backbone/atst", "results/embeddings/atst/")
+    assert rules_of(under(todo, "results/iter1/stage1/"), current) == {"train_stage1"}
+    old_iter1 = {
+        p for p in under(current, "results/iter1/")
+        if any(f"/{m}/" in p or f"/{m}_" in p for m in ("seed1", "seed2"))
+    }
+    assert old_iter1 and not (old_iter1 & todo), f"members of the unchanged backbone re-run: {sorted(old_iter1 & todo)}"
+    new = {p for p in current if "/seed3/" in p or "/seed3_" in p}
+    assert new and new <= todo
+    # the iteration-1 ensemble now mixes backbones: its pseudo-labels and scores, and iteration 2, are rebuilt
+    assert under(current, "results/iter1/pseudo_labels/ensemble/", "results/iter1/scores/ensemble/") <= todo
     assert "results/eval_psds.json" in todo
 
 

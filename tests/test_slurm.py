@@ -25,16 +25,17 @@ pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm"
-# The embedded backbone: synthesize -> resample, validate_metadata -> cache_features -> pretrain_backbone (declares
-# a GPU). Every level of the chain costs a few status polls (the plugin's poll interval grows by 10 s per poll).
-TARGET = "results/backbone/backbone.pt"
+# The embedded backbone: synthesize -> resample, validate_metadata -> cache_features, cache_stream ->
+# pretrain_backbone (declares a GPU). Every level of the chain costs a few status polls (the plugin's poll interval
+# grows by 10 s per poll).
+TARGET = "results/backbone/atst.pt"
 RUN_TIMEOUT_S = 540
 TINY_CONFIG = {
     "datasets": {"desed": {"synthetic": {"sizes": {
         "synth_train": 4, "strong_real": 4, "weak": 4, "unlabeled": 4,
         "synth_val": 4, "devtest": 4, "eval": 4, "tagging": 8,
     }}}},
-    "model": {"backbone": {"pretrain": {"epochs": 1, "batch_size": 4, "lr": 0.001}}},
+    "model": {"backbones": {"atst": {"pretrain": {"epochs": 1, "batch_size": 4, "lr": 0.001}}}},
 }
 # Site description for the plugin's partition selection (the format of docs/cluster.md): GPU jobs fit only `gpu`.
 PARTITIONS = {"partitions": {

@@ -82,7 +82,7 @@ def small_set(tmp_path_factory):
         durations = root / name / "durations.tsv"
         write_durations(durations, {p.name: 10.0 for p in sorted(audio.glob("*.wav"))})
         build_feature_cache(durations, audio, root / name / "features", config["frontends"], 10.0)
-        build_embedding_cache(root / name / "features", backbone, root / name / "emb.npy", config["frontends"]["atst"], 10.0)
+        build_embedding_cache(root / name / "features", backbone, root / name / "emb.npy", config["frontends"], 10.0)
         splits.append({"dataset": "small", "split": name, "role": split["role"], "labels": "strong",
                        "features": str(root / name / "features"), "embeddings": str(root / name / "emb.npy"),
                        "metadata": str(root / "raw" / split["metadata"])})  # fmt: skip

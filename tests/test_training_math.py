@@ -109,7 +109,7 @@ def test_lr_scheduler_uses_step_n_for_the_nth_optimizer_step():
 
 # ----------------------------------------------------------------------------- optimizer groups
 def _meta_model(config, **backbone):
-    config = {**config, "model": {**config["model"], "backbone": {**config["model"]["backbone"], **backbone}}}
+    config = {**config, "model": {**config["model"], "backbone": {**config["model"]["backbones"]["atst"], **backbone}}}
     with torch.device("meta"):
         return build_sed_model(config, 10)
 

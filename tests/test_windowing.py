@@ -11,7 +11,7 @@ import torch
 from conftest import published_geometry
 from sedlib.config import load_config
 from sedlib.data.labels import n_output_frames
-from sedlib.features.frontends import build_frontends
+from sedlib.features.frontends import Frontends, build_frontends
 from sedlib.models import build_sed_model
 from sedlib.models.crnn import SEDOutput
 from sedlib.models.windowing import predict_clip, window_layout
@@ -33,6 +33,7 @@ class FrameMeanModel(torch.nn.Module):
     """Output frame j = mean of the input samples of frame j (+ the window's mean if ``add_window_mean``)."""
 
     time_pooling = POOL
+    backbone = SimpleNamespace(frontend="atst")  # the frontend section whose features atst_feats carries
 
     def __init__(self, add_window_mean=False):
         super().__init__()
@@ -48,7 +49,7 @@ class FrameMeanModel(torch.nn.Module):
         return SEDOutput(torch.sigmoid(logits), logits.mean(-1), logits)
 
 
-IDENTITY = SimpleNamespace(crnn=Identity(), atst=Identity())
+IDENTITY = Frontends(crnn=Identity(), atst=Identity())
 
 
 @pytest.mark.parametrize("seconds,hop_s", [(14.7, 5.0), (4.2, 5.0), (10.0, 5.0), (23.456, 3.0), (31.0, 10.0)])

@@ -24,7 +24,7 @@ TINY = {
         },
         "maestro": {"synthetic": {"sizes": {"maestro_train": 3, "maestro_val": 3}, "recording_seconds": [25.0, 30.0]}},
     },
-    "model": {"backbone": {"pretrain": {"epochs": 1, "batch_size": 16, "lr": 0.003}}},
+    "model": {"backbones": {"atst": {"pretrain": {"epochs": 1, "batch_size": 16, "lr": 0.003}}}},
     "training": {
         "stage1": {"epochs": 1, "batch_sizes": {"maestro": 2, "strong_real": 1, "synthetic": 1, "weak": 2, "unlabeled": 2}},
         "stage2": {"epochs": 1, "batch_sizes": {"maestro": 2, "strong_real": 1, "synthetic": 1, "weak": 2, "unlabeled": 2}},

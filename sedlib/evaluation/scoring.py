@@ -77,8 +77,8 @@ def load_predictor(
 ) -> tuple[torch.nn.Module, Frontends, dict]:
     """(model in eval mode, frontends, info) of a model file (an ATST-SED checkpoint needs config + classes)."""
     model, info = load_sed_model(model_file, which=which, config=config, classes=classes)
-    frontends = build_frontends(info["config"]["frontends"])
-    return model.to(device), Frontends(frontends.crnn.to(device), frontends.atst.to(device)), info
+    frontends = build_frontends(info["config"]["frontends"], ["crnn", model.backbone.frontend])
+    return model.to(device), frontends.to(device), info
 
 
 def pad_logits(logits: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

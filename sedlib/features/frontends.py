@@ -1,4 +1,4 @@
-"""Mel frontends of the two ATST-SED branches, in torch only (no torchaudio).
+"""Mel frontends of the two ATST-SED branches, in torch only (no torchaudio), by config section name.
 
 Both reproduce the ``torchaudio.transforms.MelSpectrogram`` settings of the published code
 (ATST-SED ``desed_task/dataio/datasets_atst_sed.py``): centred STFT with reflect padding
@@ -25,7 +25,6 @@ batch (the published inference) both agree exactly.
 from __future__ import annotations
 
 import abc
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -141,14 +140,48 @@ class ATSTFrontend(MelFrontend):
         return (db - ATST_DB_MIN) / (ATST_DB_MAX - ATST_DB_MIN) * 2.0 - 1.0
 
 
-class Frontends(NamedTuple):
-    crnn: CRNNFrontend
-    atst: ATSTFrontend
+# Frontend class of each ``config["frontends"]`` section; a backbone kind names the section it reads.
+FRONTENDS: dict[str, type[MelFrontend]] = {"crnn": CRNNFrontend, "atst": ATSTFrontend}
 
 
-def build_frontends(frontends_cfg: dict) -> Frontends:
-    """Both frontends from ``config["frontends"]``."""
-    return Frontends(CRNNFrontend(frontends_cfg["crnn"]), ATSTFrontend(frontends_cfg["atst"]))
+class Frontends:
+    """Built frontends by section name (``frontends["atst"]`` or ``frontends.atst``); iterating yields the frontends."""
+
+    def __init__(self, by_name: dict[str, MelFrontend] | None = None, **named: MelFrontend):
+        self._by_name = {**(by_name or {}), **named}
+
+    def __getitem__(self, name: str) -> MelFrontend:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"no frontend '{name}' (built: {sorted(self._by_name)})") from None
+
+    def __getattr__(self, name: str) -> MelFrontend:
+        by_name = self.__dict__.get("_by_name", {})
+        if name not in by_name:
+            raise AttributeError(f"no frontend '{name}' (built: {sorted(by_name)})")
+        return by_name[name]
+
+    def __iter__(self):
+        return iter(self._by_name.values())
+
+    def items(self):
+        return self._by_name.items()
+
+    def to(self, device: torch.device | str) -> "Frontends":
+        return Frontends({name: frontend.to(device) for name, frontend in self.items()})
+
+
+def build_frontend(name: str, cfg: dict) -> MelFrontend:
+    """The frontend of section ``name`` of ``config["frontends"]``."""
+    if name not in FRONTENDS:
+        raise ValueError(f"frontends.{name}: no frontend of that name (known: {sorted(FRONTENDS)})")
+    return FRONTENDS[name](cfg)
+
+
+def build_frontends(frontends_cfg: dict, names: list[str] | None = None) -> Frontends:
+    """The frontends of ``names`` (default: every section of ``config["frontends"]``)."""
+    return Frontends({name: build_frontend(name, frontends_cfg[name]) for name in names or frontends_cfg})
 
 
 def frames_per_clip(cfg: dict, seconds: float) -> int:

@@ -1,24 +1,21 @@
-"""Models: ATST-Frame backbone, ATST-SED CRNN, checkpoint loading, long-audio windowing."""
+"""Models: the backbone interface and its kinds (ATST-Frame), ATST-SED CRNN, checkpoints, long-audio windowing."""
 
 from __future__ import annotations
 
 from sedlib.models.atst_frame import ATSTFrame
+from sedlib.models.backbone import Backbone, backbone_definition, build_backbone
 from sedlib.models.crnn import CRNN, SEDOutput
 
-__all__ = ["ATSTFrame", "CRNN", "SEDOutput", "build_backbone", "build_sed_model"]
-
-
-def build_backbone(model_cfg: dict, frontends_cfg: dict) -> ATSTFrame:
-    """ATST-Frame of the sizes in ``config["model"]["backbone"]`` (random initialisation)."""
-    return ATSTFrame.from_config(model_cfg["backbone"], frontends_cfg["atst"]["n_mels"])
+__all__ = ["ATSTFrame", "Backbone", "CRNN", "SEDOutput", "backbone_definition", "build_backbone", "build_sed_model"]
 
 
 def build_sed_model(config: dict, n_classes: int, backbone_file: str | None = None) -> CRNN:
-    """CRNN with its ATST-Frame from ``config["model"]`` and ``config["frontends"]`` (a validated config:
-    schema defaults filled).
+    """CRNN with its backbone from ``config["model"]`` and ``config["frontends"]`` (a validated config:
+    schema defaults filled; the backbone is ``model.backbone`` of a run configuration or model file, else the
+    first of a workflow configuration's ``model.backbones``).
 
-    The backbone is randomly initialised unless ``backbone_file`` (results/backbone/backbone.pt or any
-    official ATST checkpoint layout) is given, in which case its weights are loaded strictly.
+    The backbone is randomly initialised unless ``backbone_file`` (results/backbone/{name}.pt or an official
+    checkpoint layout of its kind) is given, in which case its weights are loaded strictly.
     """
     backbone = build_backbone(config["model"], config["frontends"])
     if backbone_file is not None:

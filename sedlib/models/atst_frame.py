@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sedlib.models.backbone import Backbone, register
+
 LAYER_NORM_EPS = 1e-6
 
 
@@ -87,8 +89,11 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class ATSTFrame(nn.Module):
+@register
+class ATSTFrame(Backbone):
     """Normalised ATST mel (B, n_mels, T) -> frame embeddings (B, embed_dim, T // patch_frames)."""
+
+    kind, frontend = "atst_frame", "atst"
 
     def __init__(
         self,
@@ -115,11 +120,22 @@ class ATSTFrame(nn.Module):
         self.norm_frame = nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
         self.reset_parameters()
 
+    @property
+    def frames_per_embedding(self) -> int:
+        return self.patch_frames
+
     @classmethod
-    def from_config(cls, backbone_cfg: dict, n_mels: int) -> "ATSTFrame":
-        """Randomly initialised backbone of the sizes in ``config["model"]["backbone"]``."""
-        return cls(backbone_cfg["embed_dim"], backbone_cfg["depth"], backbone_cfg["num_heads"],
-                   backbone_cfg["mlp_ratio"], n_mels=n_mels)
+    def from_config(cls, definition: dict, frontend_cfg: dict) -> "ATSTFrame":
+        """Randomly initialised backbone of the sizes in a ``model.backbones`` entry, for ``frontends.atst``."""
+        return cls(definition["embed_dim"], definition["depth"], definition["num_heads"], definition["mlp_ratio"],
+                   n_mels=frontend_cfg["n_mels"])
+
+    @classmethod
+    def official_state_dict(cls, checkpoint: dict, which: str = "teacher") -> tuple[dict[str, torch.Tensor], str]:
+        """Published ATST / ATST-C2F / ATST-Frame / ATST-SED layouts (``sedlib.models.checkpoint.atst_state_dict``)."""
+        from sedlib.models.checkpoint import atst_state_dict
+
+        return atst_state_dict(checkpoint, which)
 
     def reset_parameters(self) -> None:
         """Published initialisation: truncated normal (std 0.02) weights and embeddings, zero biases, unit norms."""

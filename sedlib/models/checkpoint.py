@@ -5,12 +5,16 @@ Backbone layouts read by :func:`atst_state_dict` (the published ``ATST.load_atst
 - ATST-C2F: ``encoder.encoder.frame_encoder.*``;
 - ATST-Frame: ``encoder.encoder.*`` (``encoder.encoder.teacher_module.*`` skipped);
 - ATST-SED Lightning checkpoints / our model file: the backbone under ``[sed_teacher.]atst_frame.atst.*``;
-- our backbone file ``results/backbone/backbone.pt`` (already in our key names).
+- our backbone file ``results/backbone/{name}.pt`` (already in our key names).
 Any of them may be wrapped in a dict with a ``state_dict`` key. thop's ``total_ops`` / ``total_params``
 buffers (present in published SED checkpoints) are ignored. Loading is strict: a mismatch raises ValueError
 listing missing keys, unexpected keys and shape conflicts.
 
-Backbone file (``sedlib.backbone/1``): ``{"format", "config": ATSTFrame.hparams, "state_dict", "provenance"}``.
+Other backbone kinds read their published layouts with their class's ``official_state_dict``
+(sedlib.models.backbone); our own files load for every kind.
+
+Backbone file (``sedlib.backbone/1``): ``{"format", "kind", "config": Backbone.hparams, "state_dict",
+"provenance"}`` (files without ``kind`` predate the backbone interface and hold an ATST-Frame).
 Model file (``sedlib.sed_model/1``): see docs/architecture.md "Model file".
 """
 
@@ -32,7 +36,7 @@ from sedlib.data.download import download_file, file_digest, parse_checksum
 from sedlib.data.labels import frame_hop_seconds
 from sedlib.io import atomic_path, sha256_file
 from sedlib.models import build_sed_model
-from sedlib.models.atst_frame import ATSTFrame
+from sedlib.models.backbone import Backbone, backbone_class, build_backbone
 from sedlib.models.crnn import CRNN
 
 log = logging.getLogger(__name__)
@@ -116,14 +120,23 @@ def _atst_teacher_key(key: str) -> str | None:
     return "norm_frame." + key[len("norm.") :] if key.startswith("norm.") else key
 
 
-def atst_state_dict(checkpoint: dict, which: str = "teacher") -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict in our ATST-Frame key names, layout name) from any supported checkpoint dict."""
+def own_state_dict(checkpoint: dict, which: str = "teacher") -> tuple[dict[str, torch.Tensor], str] | None:
+    """(backbone state dict, layout name) of our backbone or model file (any kind) or an ATST-SED ``model_init``;
+    None for other layouts."""
     if checkpoint.get("format") == BACKBONE_FORMAT:
         return _tensors(checkpoint["state_dict"]), "sedlib-backbone"
     if checkpoint.get("format") == SED_FORMAT:
         return _strip(_tensors(checkpoint[f"sed_{which}"]), SED_BACKBONE_PREFIX), "sedlib-sed-model"
     if isinstance(checkpoint.get(f"sed_{which}"), dict):
         return _strip(_tensors(checkpoint[f"sed_{which}"]), SED_BACKBONE_PREFIX), "atst-sed-model-init"
+    return None
+
+
+def atst_state_dict(checkpoint: dict, which: str = "teacher") -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict in our ATST-Frame key names, layout name) from any supported checkpoint dict."""
+    own = own_state_dict(checkpoint, which)
+    if own is not None:
+        return own
     state = _tensors(checkpoint.get("state_dict", checkpoint))
     keys = list(state)
     layouts: list[tuple[str, str, Callable[[str], str | None]]] = [
@@ -161,35 +174,39 @@ def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], so
 
 
 # ----------------------------------------------------------------------------- backbone file
-def load_backbone_weights(backbone: ATSTFrame, path: str | Path, which: str = "teacher") -> str:
-    """Load any supported checkpoint's ATST-Frame weights into ``backbone`` (strict); return the layout name."""
+def load_backbone_weights(backbone: Backbone, path: str | Path, which: str = "teacher") -> str:
+    """Load any supported checkpoint's weights of ``backbone``'s kind into it (strict); return the layout name."""
     checkpoint = read_checkpoint(path)
-    if checkpoint.get("format") == BACKBONE_FORMAT and checkpoint["config"] != backbone.hparams:
-        raise ValueError(
-            f"{path}: backbone sizes {checkpoint['config']} differ from the configured model.backbone "
-            f"{backbone.hparams}"
-        )
-    state, layout = atst_state_dict(checkpoint, which)
+    if checkpoint.get("format") == BACKBONE_FORMAT:
+        kind = checkpoint.get("kind", "atst_frame")
+        if kind != backbone.kind:
+            raise ValueError(f"{path}: a {kind} backbone file, but the configured backbone is a {backbone.kind}")
+        if checkpoint["config"] != backbone.hparams:
+            raise ValueError(
+                f"{path}: backbone sizes {checkpoint['config']} differ from the configured backbone {backbone.hparams}"
+            )
+    state, layout = own_state_dict(checkpoint, which) or type(backbone).official_state_dict(checkpoint, which)
     load_state_dict_strict(backbone, state, f"{path} ({layout} layout)")
     return layout
 
 
-def load_backbone(path: str | Path) -> ATSTFrame:
-    """ATST-Frame of the sizes stored in our backbone file, with its weights, in eval mode."""
+def load_backbone(path: str | Path) -> Backbone:
+    """Backbone of the kind and sizes stored in our backbone file, with its weights, in eval mode."""
     checkpoint = read_checkpoint(path)
     if checkpoint.get("format") != BACKBONE_FORMAT:
         raise ValueError(
             f"{path}: not a backbone file (format {checkpoint.get('format')!r}, expected {BACKBONE_FORMAT!r})"
         )
-    backbone = ATSTFrame(**checkpoint["config"])
+    backbone = backbone_class(checkpoint.get("kind", "atst_frame"))(**checkpoint["config"])
     load_state_dict_strict(backbone, _tensors(checkpoint["state_dict"]), str(path))
     return backbone.eval()
 
 
-def save_backbone(path: str | Path, backbone: ATSTFrame, provenance: dict) -> None:
+def save_backbone(path: str | Path, backbone: Backbone, provenance: dict) -> None:
     """Write our backbone file atomically."""
     payload = {
         "format": BACKBONE_FORMAT,
+        "kind": backbone.kind,
         "config": dict(backbone.hparams),
         "state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
         "provenance": provenance,
@@ -262,28 +279,33 @@ def load_sed_model(
 
 
 # ----------------------------------------------------------------------------- fetch-backbone command
-def fetch_backbone(backbone_cfg: dict, atst_frontend_cfg: dict, out: Path, download_dir: Path) -> dict:
-    """Resolve ``model.backbone.checkpoint`` (path, or url + checksum), load it strictly, write our backbone file."""
+def fetch_backbone(backbone_cfg: dict, frontends_cfg: dict, out: Path, download_dir: Path) -> dict:
+    """Resolve a ``model.backbones`` entry's ``checkpoint`` (path, or url + checksum), load it strictly into a
+    backbone of its kind (``frontends_cfg``: frontend sections by name, among them the one the kind reads),
+    write our backbone file."""
     spec = backbone_cfg.get("checkpoint") or {}
     if spec.get("path"):
         source = Path(spec["path"])
         if not source.is_file():
-            raise FileNotFoundError(f"model.backbone.checkpoint.path: no file at {source}")
+            raise FileNotFoundError(f"model.backbones.<name>.checkpoint.path: no file at {source}")
         if spec.get("checksum"):
             algorithm, expected = parse_checksum(spec["checksum"])
             actual = file_digest(source, algorithm)
             if actual != expected:
                 raise ValueError(
-                    f"{source}: {algorithm} is {actual}, expected {expected} (model.backbone.checkpoint.checksum)"
+                    f"{source}: {algorithm} is {actual}, expected {expected} "
+                    "(model.backbones.<name>.checkpoint.checksum)"
                 )
     elif spec.get("url"):
         if not spec.get("checksum"):
-            raise ValueError("model.backbone.checkpoint: a url needs a checksum ('sha256:<hex>' or 'md5:<hex>')")
+            raise ValueError(
+                "model.backbones.<name>.checkpoint: a url needs a checksum ('sha256:<hex>' or 'md5:<hex>')"
+            )
         source = download_dir / Path(spec["url"].split("?", 1)[0]).name
         download_file(spec["url"], source, spec["checksum"])
     else:
-        raise ValueError("model.backbone.checkpoint: expected 'path', or 'url' + 'checksum'")
-    backbone = ATSTFrame.from_config(backbone_cfg, atst_frontend_cfg["n_mels"])
+        raise ValueError("model.backbones.<name>.checkpoint: expected 'path', or 'url' + 'checksum'")
+    backbone = build_backbone({"backbone": backbone_cfg}, frontends_cfg)
     layout = load_backbone_weights(backbone, source)
     provenance = {"source": "checkpoint", "origin": spec.get("url") or str(source), "layout": layout,
                   "sha256": sha256_file(source)}
@@ -293,15 +315,15 @@ def fetch_backbone(backbone_cfg: dict, atst_frontend_cfg: dict, out: Path, downl
 
 def configure_fetch_backbone(parser: argparse.ArgumentParser):
     parser.add_argument("--config-json", required=True,
-                        help='{"backbone": config.model.backbone, "atst_frontend": config.frontends.atst}')
-    parser.add_argument("--out", required=True, type=Path, help="backbone file to write (results/backbone/backbone.pt)")
+                        help='{"backbone": a model.backbones entry, "frontends": {<name>: the section its kind reads}}')
+    parser.add_argument("--out", required=True, type=Path, help="backbone file to write (results/backbone/{name}.pt)")
     parser.add_argument("--download-dir", type=Path, default=None,
                         help="where a url checkpoint is downloaded (default: beside --out)")
 
     def run(args: argparse.Namespace) -> int:
         cfg = json.loads(args.config_json)
         download_dir = args.download_dir or args.out.parent / "download"
-        provenance = fetch_backbone(cfg["backbone"], cfg["atst_frontend"], args.out, download_dir)
+        provenance = fetch_backbone(cfg["backbone"], cfg["frontends"], args.out, download_dir)
         log.info("wrote %s from %s (%s layout)", args.out, provenance["origin"], provenance["layout"])
         return 0
 

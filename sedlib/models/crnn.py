@@ -1,13 +1,13 @@
-"""ATST-SED CRNN: CNN on the 128-mel branch + ATST-Frame embeddings -> BiGRU -> strong and weak heads.
+"""ATST-SED CRNN: CNN on the 128-mel branch + backbone frame embeddings -> BiGRU -> strong and weak heads.
 
 State-dict keys as the published ``desed_task/nnet/CRNN_e2e.py`` (CNN ``activation: cg``):
 ``cnn.cnn.conv{i}``, ``cnn.cnn.batchnorm{i}``, ``cnn.cnn.cg{i}.linear``, ``rnn.rnn.*``, ``cat_tf``, ``dense``,
-``dense_softmax`` and the backbone under ``atst_frame.atst.*``.
+``dense_softmax`` and the backbone under ``atst_frame.atst.*`` (for every backbone kind, sedlib.models.backbone).
 
 Shapes for a 10 s clip: CRNN mel (B, 128, 626) -> 7 blocks of Conv3x3 -> BatchNorm -> context gating ->
 dropout -> AvgPool (time x freq pools [[2,2],[2,2],[1,2]x5]) -> (B, C_cnn, 156, 1): 156 frames of 64 ms.
-Backbone frames (B, D, 250) are adaptive-average-pooled to 156 frames, concatenated with the CNN output
-and projected back to C_cnn by ``cat_tf`` (no activation), then a 2-layer BiGRU, dropout,
+Backbone frames (B, D, E) (ATST-Frame: 250 of 40 ms) are adaptive-average-pooled to 156 frames, concatenated
+with the CNN output and projected back to C_cnn by ``cat_tf`` (no activation), then a 2-layer BiGRU, dropout,
 strong head ``dense`` (sigmoid) and attention pooling ``dense_softmax`` (softmax over classes, clamped to
 [1e-7, 1]; over the item's labelled classes only when a class mask is given): weak = sum_t strong * att / sum_t att.
 
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sedlib.models.atst_frame import ATSTFrame
+from sedlib.models.backbone import Backbone
 
 
 class SEDOutput(NamedTuple):
@@ -78,16 +78,19 @@ class BidirectionalGRU(nn.Module):
 class BackboneWrapper(nn.Module):
     """Holds the backbone as ``.atst`` so that its keys are ``atst_frame.atst.*`` as in ATST-SED."""
 
-    def __init__(self, atst: ATSTFrame):
+    def __init__(self, atst: Backbone):
         super().__init__()
         self.atst = atst
 
-    def forward(self, atst_feats: torch.Tensor) -> torch.Tensor:
-        return self.atst(atst_feats)
+    def forward(self, backbone_feats: torch.Tensor) -> torch.Tensor:
+        return self.atst(backbone_feats)
 
 
 class CRNN(nn.Module):
-    """``forward(crnn_feats (B, n_mels, T), atst_feats (B, 64, T') | embeddings (B, D, E)) -> SEDOutput``."""
+    """``forward(crnn_feats (B, n_mels, T), atst_feats (B, n_mels', T') | embeddings (B, D, E)) -> SEDOutput``.
+
+    ``atst_feats``: the backbone's normalised frontend features (its kind's ``frontend``; ATST mel for ATST-Frame).
+    """
 
     def __init__(
         self,
@@ -99,7 +102,7 @@ class CRNN(nn.Module):
         rnn_hidden: int = 128,
         rnn_layers: int = 2,
         bn_momentum: float = 0.99,
-        backbone: ATSTFrame | None = None,
+        backbone: Backbone | None = None,
         embed_dim: int | None = None,
     ):
         super().__init__()
@@ -127,7 +130,7 @@ class CRNN(nn.Module):
         self.dense_softmax = nn.Linear(2 * rnn_hidden, n_classes)
 
     @property
-    def backbone(self) -> ATSTFrame | None:
+    def backbone(self) -> Backbone | None:
         return self.atst_frame.atst if self.atst_frame is not None else None
 
     def forward(

@@ -1,8 +1,8 @@
-"""``pretrain-backbone``: supervised tagging of the tiny ATST-Frame, standing in for AudioSet pretraining.
+"""``pretrain-backbone``: supervised tagging of a small backbone (any kind), standing in for AudioSet pretraining.
 
 The embedded configuration has no access to the published AudioSet-pretrained ATST-Frame, so the backbone
 is trained here on the ``pretrain`` split (with own data and no such split: the first labelled training
-split) with a linear head on every frame embedding (40 ms):
+split) with a linear head on every frame embedding (ATST-Frame: 40 ms):
 
 - strong labels (``filename onset offset event_label``): frame-level tagging, binary cross-entropy of the
   frame logits (B, C, T') against the events' frame targets, the stand-in for the AudioSet-*strong*
@@ -11,12 +11,12 @@ split) with a linear head on every frame embedding (40 ms):
 - weak labels (``filename event_labels``): clip tagging, BCE of the mean frame logit (= the head applied to
   the mean embedding).
 
-Inputs are the split's cached ATST mel features, normalised by ``ATSTFrontend``; clips longer than 10 s are
-cropped at a random whole-patch offset each epoch (targets shift with the crop; evaluation uses the first
-10 s). A seeded ``val_fraction`` of the clips is held out; clip-level macro mAP (clip score: maximum frame
-probability) on train and held-out clips is measured before and after training and stored in the backbone
-file's provenance (``log``) to show that the backbone learned. AdamW with a cosine decay to 0 over
-``epochs``; the metadata's header decides the mode.
+Inputs are the split's cached features of the backbone's frontend stream (ATST mel for ATST-Frame), normalised by
+that frontend; clips longer than 10 s are cropped at a random whole-embedding-frame offset each epoch (targets
+shift with the crop; evaluation uses the first 10 s). A seeded ``val_fraction`` of the clips is held out; clip-
+level macro mAP (clip score: maximum frame probability) on train and held-out clips is measured before and after
+training and stored in the backbone file's provenance (``log``) to show that the backbone learned. AdamW with a
+cosine decay to 0 over ``epochs``; the metadata's header decides the mode.
 """
 
 from __future__ import annotations
@@ -35,20 +35,21 @@ from sedlib.data.labels import encode_strong
 from sedlib.data.metadata import STRONG_COLUMNS, parse_strong, parse_weak
 from sedlib.features.cache import FeatureCache, open_feature_cache
 from sedlib.devices import resolve_device
-from sedlib.features.frontends import ATSTFrontend
-from sedlib.models.atst_frame import ATSTFrame
+from sedlib.features.frontends import MelFrontend, build_frontend
+from sedlib.models.backbone import Backbone, build_backbone
 from sedlib.models.checkpoint import save_backbone
 
 log = logging.getLogger(__name__)
 
 
 def read_targets(
-    metadata: Path, cache: FeatureCache, frame_hop: float, patch_frames: int
+    metadata: Path, cache: FeatureCache, frame_hop: float, patch_frames: int, stream: str
 ) -> tuple[list[np.ndarray | None], list[str], bool, np.ndarray]:
     """Per cached clip (row order) its targets, the sorted class names, whether the labels are strong, and the
     rows that have labels.
 
-    Strong metadata: (C, n_atst // patch_frames) frame targets on the embedding grid (``frame_hop`` s);
+    Strong metadata: (C, n_frames // patch_frames) frame targets on the embedding grid (``frame_hop`` s; n_frames
+    of the backbone's feature ``stream``, ``patch_frames`` of its frames per embedding);
     weak metadata: (C,) clip targets. The mode is read from the file's header. Cached clips without labels
     (a training split's audio that metadata validation left out) get None and are skipped, with a warning.
     """
@@ -70,11 +71,12 @@ def read_targets(
         log.warning("%s: no labels for %d cached clips (left out), e.g. %s", metadata, len(missing), missing[:3])
     classes = sorted({label for names in labels.values() for label in names})
     targets: list[np.ndarray | None] = []
+    n_frames = cache.n_frames(stream)
     for row, filename in enumerate(cache.filenames):
         if filename not in labels:
             targets.append(None)
         elif strong:
-            targets.append(encode_strong(events[filename], classes, int(cache.n_atst[row]) // patch_frames, frame_hop))
+            targets.append(encode_strong(events[filename], classes, int(n_frames[row]) // patch_frames, frame_hop))
         else:
             targets.append(np.isin(classes, sorted(labels[filename])).astype(np.float32))
     labelled = np.array([row for row, target in enumerate(targets) if target is not None], dtype=np.int64)
@@ -95,9 +97,9 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
 
 
 class FrameTagger(nn.Module):
-    """ATST-Frame + a linear head on every frame embedding: (B, n_mels, T) -> logits (B, C, T // patch_frames)."""
+    """Backbone + a linear head on every frame embedding: (B, n_mels, T) -> logits (B, C, T // frames_per_embedding)."""
 
-    def __init__(self, backbone: ATSTFrame, n_classes: int):
+    def __init__(self, backbone: Backbone, n_classes: int):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.embed_dim, n_classes)
@@ -107,11 +109,12 @@ class FrameTagger(nn.Module):
 
 
 class TaggingData:
-    """Normalised 10 s crops of the cached ATST mel features, with their clip or frame targets."""
+    """Normalised 10 s crops of the cached features of one stream, with their clip or frame targets."""
 
-    def __init__(self, cache: FeatureCache, targets: list[np.ndarray], strong: bool, frontend: ATSTFrontend,
-                 clip_frames: int, patch_frames: int):  # fmt: skip
-        self.cache, self.targets, self.strong, self.frontend = cache, targets, strong, frontend
+    def __init__(self, cache: FeatureCache, stream: str, targets: list[np.ndarray], strong: bool,
+                 frontend: MelFrontend, clip_frames: int, patch_frames: int):  # fmt: skip
+        self.mel, self.n_frames = cache.mel(stream), cache.n_frames(stream)
+        self.targets, self.strong, self.frontend = targets, strong, frontend
         self.clip_frames, self.patch_frames = clip_frames, patch_frames
 
     def batch(self, rows: np.ndarray, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,12 +123,12 @@ class TaggingData:
         crops, targets = [], []
         n_patches = self.clip_frames // self.patch_frames
         for row in rows:
-            spare = max(0, int(self.cache.n_atst[row]) - self.clip_frames) // self.patch_frames
+            spare = max(0, int(self.n_frames[row]) - self.clip_frames) // self.patch_frames
             offset = 0
             if generator is not None and spare:
                 offset = int(torch.randint(spare + 1, (1,), generator=generator))
             start = offset * self.patch_frames
-            crops.append(self.cache.atst[row, :, start : start + self.clip_frames])
+            crops.append(self.mel[row, :, start : start + self.clip_frames])
             target = self.targets[row]
             if self.strong:
                 target = target[:, offset : offset + n_patches]
@@ -160,21 +163,24 @@ def evaluate(model: FrameTagger, data: TaggingData, rows: np.ndarray, batch_size
 
 
 def pretrain_backbone(
-    features_dir: Path, metadata: Path, out: Path, backbone_cfg: dict, atst_cfg: dict, clip_seconds: float, seed: int,
-    val_fraction: float = 0.2, device: torch.device | str = "cpu",
+    features_dir: Path, metadata: Path, out: Path, backbone_cfg: dict, frontends_cfg: dict, clip_seconds: float,
+    seed: int, val_fraction: float = 0.2, device: torch.device | str = "cpu",
 ) -> dict:
-    """Train the backbone of ``backbone_cfg`` sizes with ``backbone_cfg["pretrain"]``; write our backbone file."""
+    """Train the backbone of a ``model.backbones`` entry with its ``pretrain`` settings; write our backbone file.
+    ``frontends_cfg``: frontend sections by name, among them the one the backbone's kind reads."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     cache = open_feature_cache(features_dir)
-    frontend = ATSTFrontend(atst_cfg)
-    backbone = ATSTFrame.from_config(backbone_cfg, atst_cfg["n_mels"])
-    frame_hop = atst_cfg["hop_length"] * backbone.patch_frames / atst_cfg["sample_rate"]
-    targets, classes, strong, labelled = read_targets(metadata, cache, frame_hop, backbone.patch_frames)
+    backbone = build_backbone({"backbone": backbone_cfg}, frontends_cfg)
+    frontend_cfg = frontends_cfg[backbone.frontend]
+    frontend = build_frontend(backbone.frontend, frontend_cfg)
+    step = backbone.frames_per_embedding
+    targets, classes, strong, labelled = read_targets(metadata, cache, backbone.embedding_hop(frontend_cfg), step,
+                                                      backbone.frontend)  # fmt: skip
     model = FrameTagger(backbone, len(classes)).to(device)
     clip_frames = frontend.n_frames(int(round(clip_seconds * frontend.sample_rate)))
-    data = TaggingData(cache, targets, strong, frontend, clip_frames, backbone.patch_frames)
+    data = TaggingData(cache, backbone.frontend, targets, strong, frontend, clip_frames, step)
     order = labelled[torch.randperm(len(labelled), generator=generator).numpy()]
     n_val = int(round(val_fraction * len(labelled)))
     val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
@@ -221,9 +227,9 @@ def configure_pretrain_backbone(parser: argparse.ArgumentParser):
     parser.add_argument("--features-dir", required=True, type=Path, help="feature cache of the pretrain split")
     parser.add_argument("--metadata", required=True, type=Path,
                         help="labels of the pretrain split: strong (frame tagging) or weak (clip tagging), DESED TSV")
-    parser.add_argument("--out", required=True, type=Path, help="backbone file to write (results/backbone/backbone.pt)")
+    parser.add_argument("--out", required=True, type=Path, help="backbone file to write (results/backbone/{name}.pt)")
     parser.add_argument("--config-json", required=True,
-                        help='{"backbone": model.backbone, "atst_frontend": frontends.atst, '
+                        help='{"backbone": a model.backbones entry, "frontends": {<name>: the section it reads}, '
                              '"clip_seconds": audio.clip_seconds, "seed": seed}')
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
@@ -231,7 +237,7 @@ def configure_pretrain_backbone(parser: argparse.ArgumentParser):
     def run(args: argparse.Namespace) -> int:
         cfg = json.loads(args.config_json)
         torch.set_num_threads(args.threads)
-        result = pretrain_backbone(args.features_dir, args.metadata, args.out, cfg["backbone"], cfg["atst_frontend"],
+        result = pretrain_backbone(args.features_dir, args.metadata, args.out, cfg["backbone"], cfg["frontends"],
                                    cfg["clip_seconds"], cfg["seed"], device=resolve_device(args.device))
         log.info("wrote %s in %.1f s (held-out mAP %.3f -> %.3f)", args.out, result["seconds"],
                  result["before"]["val_map"], result["after"]["val_map"])

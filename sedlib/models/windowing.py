@@ -1,6 +1,7 @@
 """Strong predictions for audio of any length: 10 s windows, overlap-averaged logits on the output frame grid.
 
-The model sees ``window_s`` seconds (10 s: 626 CRNN / 1001 ATST frames -> 156 output frames of 64 ms).
+The model sees ``window_s`` seconds (10 s: 626 CRNN mel frames and the backbone's frontend frames, 1001 ATST mel
+frames for ATST-Frame -> 156 output frames of 64 ms).
 Window starts are multiples of the output frame hop (hop_length x time pooling = 1024 samples = 64 ms),
 so frame j of window k is exactly global frame ``k * hop_frames + j``; ``hop_s`` is rounded to the nearest
 multiple of 64 ms (5 s -> 78 frames = 4.992 s). The last window (and any clip shorter than a window) is
@@ -31,13 +32,15 @@ def predict_clip(model, frontends, wave: torch.Tensor, window_s: float = 10.0, h
     """(C, frames) strong logits of a mono waveform ``wave`` (samples,) at the frontends' sample rate.
 
     ``model``: a CRNN in eval mode (``forward(crnn_feats, atst_feats=...) -> SEDOutput``, ``time_pooling``);
-    ``frontends``: ``sedlib.features.frontends.Frontends``. Windows are computed ``batch_size`` at a time on
+    ``frontends``: ``sedlib.features.frontends.Frontends`` with ``crnn`` and the backbone's frontend. Windows are
+    computed ``batch_size`` at a time on
     ``wave``'s device. ``on_progress(seconds)``, if given, is called after each batch with the seconds of
     ``wave`` newly covered (they add up to its duration).
     """
     if wave.ndim != 1 or wave.numel() == 0:
         raise ValueError(f"expected a non-empty mono waveform (samples,), got shape {tuple(wave.shape)}")
     sample_rate, mel_hop = frontends.crnn.sample_rate, frontends.crnn.hop_length
+    backbone_frontend = frontends[model.backbone.frontend]
     frame_samples = mel_hop * model.time_pooling
     window = int(round(window_s * sample_rate))
     hop_frames = max(1, int(round(hop_s * sample_rate / frame_samples)))
@@ -50,7 +53,7 @@ def predict_clip(model, frontends, wave: torch.Tensor, window_s: float = 10.0, h
     covered = 0
     for first in range(0, n_windows, batch_size):
         batch = windows[first : first + batch_size]
-        logits = model(frontends.crnn(batch), atst_feats=frontends.atst(batch)).strong_logits  # (b, C, F)
+        logits = model(frontends.crnn(batch), atst_feats=backbone_frontend(batch)).strong_logits  # (b, C, F)
         if logits_sum is None:
             n_classes, window_frames = logits.shape[1:]
             total = (n_windows - 1) * hop_frames + window_frames

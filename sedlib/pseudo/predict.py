@@ -4,14 +4,15 @@ Input: a stage-2 ``model.pt`` and the split's feature cache (linear mels, see :m
 The network that predicts is the member's **teacher** (EMA weights) by default, or its student
 (``pseudo_labels.network``; the published DCASE 2024 winner's ``store_predictions`` defaults to the student).
 
-Every clip is cut into model-input windows of ``audio.clip_seconds`` (626 CRNN / 1001 ATST mel frames,
-156 output frames per 10 s). A clip of at most that length is one window (the cache zero-pads it to 10 s,
-as training sees it). A longer clip gets windows every ``hop_seconds`` rounded down to the crop grid, the
-last one ending at or after the clip's end (zero-padded past the cached width); window starts are multiples
-of the crop grid (0.32 s: 20 CRNN mel frames, 32 ATST mel frames, 5 output frames), as training crops,
-so every window's output frames land exactly on the clip's frame grid. Each window is normalised on its
-own by the frontends' ``normalize`` (like a training crop); overlapping windows' logits are averaged.
-Frames past a clip's true length (``n_frames = n_crnn // time_pooling``) are padding.
+Every clip is cut into model-input windows of ``audio.clip_seconds`` (626 CRNN mel frames and 1001 frames of the
+backbone's frontend stream, the ATST mel for ATST-Frame; 156 output frames per 10 s). A clip of at most that
+length is one window (the cache zero-pads it to 10 s, as training sees it). A longer clip gets windows every
+``hop_seconds`` rounded down to the crop grid, the last one ending at or after the clip's end (zero-padded past
+the cached width); window starts are multiples of the crop grid (ATST-Frame: 0.32 s = 20 CRNN mel frames, 32
+ATST mel frames, 5 output frames), as training crops, so every window's output frames land exactly on the clip's
+frame grid. Each window is normalised on its own by the frontends' ``normalize`` (like a training crop);
+overlapping windows' logits are averaged. Frames past a clip's true length (``n_frames = n_crnn //
+time_pooling``) are padding.
 
 Runs in eval mode under ``torch.inference_mode``, in a fixed window order; results do not depend on the
 batch size beyond float rounding.
@@ -41,10 +42,12 @@ from sedlib.pseudo.store import write_logits
 log = logging.getLogger(__name__)
 
 
-def crop_grid_samples(frontends_cfg: dict, time_pooling: int, patch_frames: int) -> int:
+def crop_grid_samples(frontends_cfg: dict, time_pooling: int, stream: str, frames_per_embedding: int) -> int:
     """Samples of the crop grid: the least common multiple of the CRNN output hop (mel hop x time pooling)
-    and the ATST embedding hop (mel hop x patch frames); 5120 samples = 0.32 s at 16 kHz."""
-    return math.lcm(frontends_cfg["crnn"]["hop_length"] * time_pooling, frontends_cfg["atst"]["hop_length"] * patch_frames)
+    and the backbone's embedding hop (hop of its frontend ``stream`` x frames per embedding); ATST-Frame:
+    lcm(1024, 640) = 5120 samples = 0.32 s at 16 kHz (BEATs' 0.16 s embeddings: lcm(1024, 2560), also 0.32 s)."""
+    embedding_hop = frontends_cfg[stream]["hop_length"] * frames_per_embedding
+    return math.lcm(frontends_cfg["crnn"]["hop_length"] * time_pooling, embedding_hop)
 
 
 def window_starts(n_out: int, window_out: int, grid_out: int, hop_grids: int) -> list[int]:
@@ -67,7 +70,7 @@ def predict_logits(
     model: CRNN,
     frontends: Frontends,
     crnn_mel: np.ndarray,
-    atst_mel: np.ndarray,
+    backbone_mel: np.ndarray,
     n_frames: np.ndarray,
     clip_seconds: float,
     hop_seconds: float,
@@ -76,19 +79,20 @@ def predict_logits(
 ) -> np.ndarray:
     """Strong logits (N, C, max(156, n_frames.max())) float32 of every clip; frames >= n_frames[i] are 0.
 
-    crnn_mel (N, n_mels, T) and atst_mel (N, 64, T') are the cached linear mels; n_frames (N,) the true
-    output frames per clip.
+    crnn_mel (N, n_mels, T) and backbone_mel (N, n_mels', T') are the cached linear features of the CRNN and
+    of the backbone's frontend stream (``model.backbone.frontend``); n_frames (N,) the true output frames per clip.
     """
     if model.backbone is None:
-        raise ValueError("predict-logits needs a stage-2 model with its ATST-Frame backbone (it runs on ATST mels)")
+        raise ValueError("predict-logits needs a stage-2 model with its backbone (it runs on the cached features)")
     model.eval().to(device)
-    frontends_cfg = {"crnn": frontends.crnn.cfg, "atst": frontends.atst.cfg}
+    stream = model.backbone.frontend
+    frontends_cfg = {"crnn": frontends.crnn.cfg, stream: frontends[stream].cfg}
     pool = model.time_pooling
-    grid = crop_grid_samples(frontends_cfg, pool, model.backbone.patch_frames)
-    crnn_hop, atst_hop = frontends.crnn.hop_length, frontends.atst.hop_length
-    grid_crnn, grid_atst, grid_out = grid // crnn_hop, grid // atst_hop, grid // (crnn_hop * pool)
+    grid = crop_grid_samples(frontends_cfg, pool, stream, model.backbone.frames_per_embedding)
+    crnn_hop, in_hop = frontends.crnn.hop_length, frontends[stream].hop_length
+    grid_crnn, grid_in, grid_out = grid // crnn_hop, grid // in_hop, grid // (crnn_hop * pool)
     win_crnn = frames_per_clip(frontends_cfg["crnn"], clip_seconds)
-    win_atst = frames_per_clip(frontends_cfg["atst"], clip_seconds)
+    win_in = frames_per_clip(frontends_cfg[stream], clip_seconds)
     win_out = win_crnn // pool
     if not 0 < hop_seconds <= clip_seconds:
         raise ValueError(f"pseudo_labels.hop_seconds: expected a value in (0, {clip_seconds}] s, got {hop_seconds}")
@@ -102,10 +106,10 @@ def predict_logits(
     for first in range(0, len(jobs), batch_size):
         batch = jobs[first : first + batch_size]
         crnn = np.stack([_window(crnn_mel[i], s // grid_out * grid_crnn, win_crnn) for i, s in batch])
-        atst = np.stack([_window(atst_mel[i], s // grid_out * grid_atst, win_atst) for i, s in batch])
+        feats = np.stack([_window(backbone_mel[i], s // grid_out * grid_in, win_in) for i, s in batch])
         crnn_t = frontends.crnn.normalize(torch.from_numpy(crnn).to(device))
-        atst_t = frontends.atst.normalize(torch.from_numpy(atst).to(device))
-        logits = model(crnn_t, atst_feats=atst_t).strong_logits.double().cpu().numpy()  # (B, C, win_out)
+        feats_t = frontends[stream].normalize(torch.from_numpy(feats).to(device))
+        logits = model(crnn_t, atst_feats=feats_t).strong_logits.double().cpu().numpy()  # (B, C, win_out)
         for (i, s), clip_logits in zip(batch, logits):
             total[i, :, s : s + win_out] += clip_logits
             count[i, :, s : s + win_out] += 1.0
@@ -130,13 +134,14 @@ def predict_split(
     """Predict every clip of a cached split with one member's network and write its logits file."""
     model, info = load_sed_model(model_path, which=network)
     config = info["config"]
-    frontends = build_frontends(config["frontends"])
+    stream = model.backbone.frontend
+    dev = resolve_device(device)
+    frontends = build_frontends(config["frontends"], ["crnn", stream]).to(dev)
     cache = open_feature_cache(feature_dir)
     n_frames = np.asarray(cache.n_crnn, dtype=np.int64) // model.time_pooling
-    dev = resolve_device(device)
     logits = predict_logits(
-        model, Frontends(frontends.crnn.to(dev), frontends.atst.to(dev)), cache.crnn, cache.atst, n_frames,
-        config["audio"]["clip_seconds"], hop_seconds, batch_size, dev,
+        model, frontends, cache.crnn, cache.mel(stream), n_frames, config["audio"]["clip_seconds"], hop_seconds,
+        batch_size, dev,
     )  # fmt: skip
     index_file = Path(feature_dir) / "index.tsv"
     provenance = {

@@ -11,8 +11,9 @@ runs out:
 rank draws the same orders and takes every ``world_size``-th batch.
 
 Items (dicts of float32 arrays, collated to tensors):
-- ``crnn_mel`` (128, 626) linear magnitude mel; ``atst_mel`` (64, 1001) linear power mel (stage 2) or
-  ``embeddings`` (D, 250) frozen backbone frames (stage 1); normalisation happens in the model step.
+- ``crnn_mel`` (128, 626) linear magnitude mel; ``{stream}_mel`` the backbone's frontend features, e.g.
+  ``atst_mel`` (64, 1001) linear power mel (stage 2), or ``embeddings`` (D, 250) frozen backbone frames
+  (stage 1); normalisation happens in the model step.
 - ``strong`` (C, 156) frame targets (onset frame = floor, offset frame = ceil, 64 ms frames; zeros for clips
   without strong labels; soft labels: each frame the highest confidence of the class's events covering it);
   ``weak`` (C,) clip targets (weak labels, or the strong targets' maximum). C: the model's output classes, the
@@ -46,42 +47,44 @@ from sedlib.data.labels import encode_soft, encode_weak
 from sedlib.data.metadata import events_by_file, read_soft, read_strong, read_weak, soft_events_by_file
 from sedlib.features.cache import FeatureCache, open_feature_cache
 from sedlib.features.frontends import frames_per_clip
+from sedlib.models.backbone import backbone_stream
 from sedlib.pseudo.predict import crop_grid_samples
 from sedlib.pseudo.store import LogitsFile, read_logits
-
-STREAMS = ("crnn", "atst", "emb", "out")
-
 
 # ----------------------------------------------------------------------------- geometry
 @dataclass(frozen=True)
 class Geometry:
     """Frames of one model-input window and of one crop-grid step, per stream.
 
-    Streams: CRNN mel (16 ms), ATST mel (10 ms), backbone embeddings (40 ms), output frames (64 ms).
-    For 10 s at 16 kHz: window 626 / 1001 / 250 / 156 frames, grid 0.32 s = 20 / 32 / 8 / 5 frames.
+    Streams: CRNN mel ``crnn`` (16 ms), the backbone's frontend stream (``atst`` for ATST-Frame: 10 ms), its
+    embeddings ``emb`` (ATST-Frame: 40 ms) and the output frames ``out`` (64 ms). For 10 s at 16 kHz and
+    ATST-Frame: window 626 / 1001 / 250 / 156 frames, grid 0.32 s = 20 / 32 / 8 / 5 frames.
     """
 
     clip_seconds: float
     grid_seconds: float
     frame_hop: float  # seconds per output frame
+    stream: str  # the backbone's frontend stream
     window: dict[str, int]
     grid: dict[str, int]
 
     @classmethod
     def from_config(cls, config: dict) -> "Geometry":
+        """Geometry of a run configuration (or a workflow configuration: its first backbone)."""
         frontends, clip_seconds = config["frontends"], config["audio"]["clip_seconds"]
         time_pooling = math.prod(pool[0] for pool in config["model"]["crnn"]["pooling"])
-        patch_frames = 4  # ATST-Frame patch width (frames per embedding)
-        grid_samples = crop_grid_samples(frontends, time_pooling, patch_frames)
-        crnn_hop, atst_hop = frontends["crnn"]["hop_length"], frontends["atst"]["hop_length"]
-        win_crnn, win_atst = frames_per_clip(frontends["crnn"], clip_seconds), frames_per_clip(frontends["atst"], clip_seconds)
+        stream, per_embedding = backbone_stream(config["model"], frontends)
+        grid_samples = crop_grid_samples(frontends, time_pooling, stream, per_embedding)
+        crnn_hop, in_hop = frontends["crnn"]["hop_length"], frontends[stream]["hop_length"]
+        win_crnn, win_in = (frames_per_clip(frontends[name], clip_seconds) for name in ("crnn", stream))
         return cls(
             clip_seconds=clip_seconds,
             grid_seconds=grid_samples / frontends["crnn"]["sample_rate"],
             frame_hop=crnn_hop * time_pooling / frontends["crnn"]["sample_rate"],
-            window={"crnn": win_crnn, "atst": win_atst, "emb": win_atst // patch_frames, "out": win_crnn // time_pooling},
-            grid={"crnn": grid_samples // crnn_hop, "atst": grid_samples // atst_hop,
-                  "emb": grid_samples // (atst_hop * patch_frames), "out": grid_samples // (crnn_hop * time_pooling)},
+            stream=stream,
+            window={"crnn": win_crnn, stream: win_in, "emb": win_in // per_embedding, "out": win_crnn // time_pooling},
+            grid={"crnn": grid_samples // crnn_hop, stream: grid_samples // in_hop,
+                  "emb": grid_samples // (in_hop * per_embedding), "out": grid_samples // (crnn_hop * time_pooling)},
         )  # fmt: skip
 
     def n_crops(self, duration: float) -> int:
@@ -159,7 +162,7 @@ class SplitClips:
         if self.embeddings is not None:
             out["embeddings"] = g.cut(self.embeddings[row], "emb", crop)
         else:
-            out["atst_mel"] = g.cut(self.cache.atst[row], "atst", crop)
+            out[f"{g.stream}_mel"] = g.cut(self.cache.mel(g.stream)[row], g.stream, crop)
         n_out, n_classes = g.window["out"], len(self.classes)
         if self.events is not None:
             shift = crop * g.grid_seconds

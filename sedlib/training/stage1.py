@@ -45,8 +45,8 @@ TARGET_KEYS = ("strong", "weak", "pseudo")
 
 
 def set_trainable_layers(model: CRNN, tfm_trainable_layers: int) -> None:
-    """Backbone layer groups counted from the top (``ATSTFrame.layer_groups``: norm_frame, block depth-1, ...,
-    block 0, patch/position/mask embeddings) train for i < ``tfm_trainable_layers``; the others are frozen.
+    """Backbone layer groups counted from the top (``Backbone.layer_groups``; ATST-Frame: norm_frame, block depth-1,
+    ..., block 0, patch/position/mask embeddings) train for i < ``tfm_trainable_layers``; the others are frozen.
 
     Done when the module is built, before a DDP wrapper records which parameters take gradients.
     """
@@ -132,8 +132,9 @@ class Stage1Module(L.LightningModule):
         self.sed_teacher = teacher if teacher is not None else copy.deepcopy(student)
         for p in self.sed_teacher.parameters():
             p.requires_grad_(False)
-        frontends = build_frontends(config["frontends"])
-        self.crnn_frontend, self.atst_frontend = frontends.crnn, frontends.atst
+        self.stream = student.backbone.frontend  # the backbone's frontend section and feature stream
+        frontends = build_frontends(config["frontends"], ["crnn", self.stream])
+        self.crnn_frontend, self.backbone_frontend = frontends.crnn, frontends[self.stream]
         self.groups = batch_groups(self.hp["batch_sizes"])
         self.mix_slices = [self.groups["maestro"], self.groups["strong_all"], self.groups["weak"], self.groups["unlabeled"]]
         self.distil_weight = float(self.hp["distillation"]["weight"]) if distil else 0.0

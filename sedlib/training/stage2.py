@@ -2,12 +2,12 @@
 
 Differences from stage 1 (sedlib.training.stage1):
 
-- the transformer runs on the ATST mel and trains: optimizer groups CNN ``lr_cnn``, RNN/merge/heads
-  ``lr_rnn``, transformer layer group i from the top ``lr_tfm * tfm_lr_scale ** i`` for
+- the transformer runs on its frontend's features (ATST mel) and trains: optimizer groups CNN ``lr_cnn``,
+  RNN/merge/heads ``lr_rnn``, transformer layer group i from the top ``lr_tfm * tfm_lr_scale ** i`` for
   i < ``tfm_trainable_layers`` (14 groups for ATST-Frame-12: norm_frame, blocks 11..0, embeddings);
-- mixup (one coin per batch, one draw per group) mixes the CRNN mel and the ATST mel (linear, before dB) with
+- mixup (one coin per batch, one draw per group) mixes the CRNN mel and the backbone's mel (linear, before dB) with
   the same coefficient and permutation, labels and pseudo-labels too; the teacher sees the unmixed inputs;
-- frequency warping (``freq_warp_p``, one coin per batch) of the normalised ATST mel, drawn separately for
+- frequency warping (``freq_warp_p``, one coin per batch) of the normalised backbone mel, drawn separately for
   every group and for the student's and the teacher's inputs (published order: after normalisation);
 - loss = BCE(strong) + BCE(weak) / 2 + self-supervised term, w = ``const_max`` x ramp-up:
   with mixup, ICT: per group MSE(student strong, clamp(c t + (1 - c) t[perm])) + the weak one / 2 on the
@@ -48,12 +48,12 @@ class Stage2Module(Stage1Module):
         return optimizer_groups(self.sed_student, hp["lr_cnn"], hp["lr_rnn"], hp["lr_tfm"], hp["tfm_lr_scale"],
                                 self.trainable_layers())  # fmt: skip
 
-    def warp(self, atst: torch.Tensor) -> torch.Tensor:
-        """Frequency warping of each group's rows with its own draw."""
-        out = atst.clone()
+    def warp(self, feats: torch.Tensor) -> torch.Tensor:
+        """Frequency warping of each group's rows of the backbone's features with its own draw."""
+        out = feats.clone()
         for group in self.mix_slices:
             if group.stop > group.start:
-                out[group] = freq_warp(atst[group], self.hp["freq_warp_min"], self.rng)
+                out[group] = freq_warp(feats[group], self.hp["freq_warp_min"], self.rng)
         return out
 
     def ict(
@@ -73,15 +73,16 @@ class Stage2Module(Stage1Module):
         return total / (2 * n_groups)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        mixed, mixes = self.mixup({k: batch[k] for k in ("crnn_mel", "atst_mel", *TARGET_KEYS) if k in batch}, batch)
+        key = f"{self.stream}_mel"  # the backbone's linear features (ATST-Frame: atst_mel)
+        mixed, mixes = self.mixup({k: batch[k] for k in ("crnn_mel", key, *TARGET_KEYS) if k in batch}, batch)
         mask = self.class_mask(batch)
-        crnn_s, atst_s = self.crnn_frontend.normalize(mixed["crnn_mel"]), self.atst_frontend.normalize(mixed["atst_mel"])
-        crnn_t, atst_t = self.crnn_frontend.normalize(batch["crnn_mel"]), self.atst_frontend.normalize(batch["atst_mel"])
+        crnn_s, feats_s = self.crnn_frontend.normalize(mixed["crnn_mel"]), self.backbone_frontend.normalize(mixed[key])
+        crnn_t, feats_t = self.crnn_frontend.normalize(batch["crnn_mel"]), self.backbone_frontend.normalize(batch[key])
         if self.rng.random() < self.hp["freq_warp_p"]:
-            atst_s, atst_t = self.warp(atst_s), self.warp(atst_t)
-        student = self.sed_student(crnn_s, atst_feats=atst_s, class_mask=mask)
+            feats_s, feats_t = self.warp(feats_s), self.warp(feats_t)
+        student = self.sed_student(crnn_s, atst_feats=feats_s, class_mask=mask)
         with torch.no_grad():
-            teacher = self.sed_teacher(crnn_t, atst_feats=atst_t, class_mask=mask)
+            teacher = self.sed_teacher(crnn_t, atst_feats=feats_t, class_mask=mask)
         supervised = self.supervised(student, mixed, mask)
         weight = self.consistency_weight()
         if mixes is not None:
@@ -98,8 +99,8 @@ class Stage2Module(Stage1Module):
 
     def predict_pair(self, batch: dict[str, torch.Tensor]) -> tuple[SEDOutput, SEDOutput]:
         crnn, mask = self.crnn_frontend.normalize(batch["crnn_mel"]), self.class_mask(batch)
-        atst = self.atst_frontend.normalize(batch["atst_mel"])
-        return self.sed_student(crnn, atst_feats=atst, class_mask=mask), self.sed_teacher(crnn, atst_feats=atst, class_mask=mask)
+        feats = self.backbone_frontend.normalize(batch[f"{self.stream}_mel"])
+        return self.sed_student(crnn, atst_feats=feats, class_mask=mask), self.sed_teacher(crnn, atst_feats=feats, class_mask=mask)
 
     def objective(self, metrics: dict[str, float]) -> float:
         """Stage 2: the teacher's PSDS1 + PSDS2 on the strong validation splits (higher is better)."""
