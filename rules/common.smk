@@ -441,6 +441,13 @@ def evaluated_models():
     return [(i, m, d, s) for i in iterations() for m in eval_model_names() for d, s in eval_splits()]
 
 
+def activity_settings():
+    """The plot command's settings: the activity split's scored classes, their median windows and the F1 threshold."""
+    classes = scored_classes(config, activity_source()[1])
+    windows = dict(zip(output_classes(config), config["evaluation"]["median_window"]))
+    return {"classes": classes, "median_window": [windows[c] for c in classes], "f1": config["evaluation"]["f1"]}
+
+
 def activity_source():
     """The activity plots show the last iteration's ensemble on the first strongly labelled evaluation split
     (else the first evaluation split)."""

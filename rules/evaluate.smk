@@ -130,7 +130,7 @@ rule plot:
         ],
         table=report(plot_file("metrics_table.html"), caption="../docs/report/metrics_table.rst", category="Metrics"),
     params:
-        cfg=as_json({k: config["evaluation"][k] for k in ("median_window", "f1")}),
+        cfg=as_json(activity_settings()),
         model_dir=lambda w, output: os.path.dirname(os.path.dirname(output.models[0])),
     threads: 1
     resources:

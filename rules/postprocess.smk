@@ -16,7 +16,7 @@ rule tune_csebbs:
     output:
         params=csebbs_params_file("{iteration}", "{model}"),
     params:
-        cfg=as_json({**config["evaluation"]["csebbs"], "classes": scored_classes(config, csebbs_tune_split()[0])}),
+        cfg=lambda w: as_json({**config["evaluation"]["csebbs"], "classes": scored_classes(config, csebbs_tune_split()[0])}),
     threads: 1
     resources:
         mem_mb=4000,

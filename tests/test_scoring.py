@@ -105,7 +105,7 @@ def test_evaluation_rules_end_to_end(tmp_path, copy_workflow, shared_data, rando
     config = yaml.safe_load((root / "workflow_config.yaml").read_text())
     config["training"]["iterations"] = 1
     config["evaluation"].update(splits=["desed/devtest"], models="teacher", bootstrap={"n": 3, "seed": 0},
-                                activity_plots=2, psds_eval_thresholds=5)
+                                activity_plots=2, psds_eval_thresholds=5, csebbs={"enabled": False})
     (root / "test_config.yaml").write_text(yaml.safe_dump(config))
     classes = config["datasets"]["desed"]["classes"]
     split = root / "results/data/desed/devtest"

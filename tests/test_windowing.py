@@ -113,3 +113,12 @@ def test_real_long_recording(repo_root, long_recording):
     assert torch.allclose(predict_clip(model, frontends, long_recording, 10.0, 5.0, batch_size=1), logits, atol=1e-5)
     no_overlap = predict_clip(model, frontends, long_recording, 10.0, 10.0)
     assert torch.allclose(no_overlap[:, :156], direct[0], atol=1e-5)
+
+
+def test_a_clip_of_an_exact_multiple_of_the_output_hop_has_no_frame_starting_at_its_end():
+    from sedlib.evaluation.postprocess import frame_timestamps
+
+    assert n_output_frames(10.0, 256, 16000, 4) == 156 and n_output_frames(10.0, 1024, 16000, 1) == 157
+    n = n_output_frames(7.68, 1024, 16000, 1)  # the last, partial MAESTRO chunk of a 77.68 s recording
+    assert n == 120
+    assert frame_timestamps(n, 0.064, 7.68)[-1] == 7.68

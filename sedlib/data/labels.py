@@ -18,9 +18,12 @@ def frame_hop_seconds(hop_length: int, sample_rate: int, time_pooling: int) -> f
 
 
 def n_output_frames(clip_seconds: float, hop_length: int, sample_rate: int, time_pooling: int) -> int:
-    """Output frames of a clip: centred STFT frames (1 + samples // hop) floor-divided by the time pooling."""
-    n_mel_frames = 1 + int(round(clip_seconds * sample_rate)) // hop_length
-    return n_mel_frames // time_pooling
+    """Output frames of a clip that start inside it: centred STFT frames (1 + samples // hop) floor-divided by the
+    time pooling, at most ceil(samples / (hop x pooling)) (a clip of an exact multiple of the output hop, e.g. a
+    7.68 s MAESTRO chunk at 64 ms, has a last centred frame starting at its end: not a frame of the clip)."""
+    n_samples = int(round(clip_seconds * sample_rate))
+    n_mel_frames = 1 + n_samples // hop_length
+    return min(n_mel_frames // time_pooling, -(-n_samples // (hop_length * time_pooling)))
 
 
 def time_to_frame(seconds: float, frame_hop: float, n_frames: int, is_offset: bool) -> int:

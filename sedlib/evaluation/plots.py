@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 
 from sedlib.evaluation.claims import claim_rows  # noqa: E402
 from sedlib.evaluation.metrics import SCENARIOS, clips_with_events, read_durations, read_ground_truth, read_rocs  # noqa: E402
-from sedlib.evaluation.postprocess import Event, class_thresholds, postprocess_tables, read_score_dir, table_classes  # noqa: E402
+from sedlib.evaluation.postprocess import Event, class_thresholds, postprocess_tables, read_score_dir, select_classes, table_classes  # noqa: E402
 from sedlib.io import atomic_path, write_text  # noqa: E402
 
 Roc = tuple[np.ndarray, np.ndarray, float]  # (etpr, efpr per hour, psds)
@@ -226,7 +226,7 @@ def configure_plot(parser: argparse.ArgumentParser):
     parser.add_argument("--activity-metadata", help="ground truth (DESED TSV) of that split")
     parser.add_argument("--activity-durations", help="durations TSV of that split")
     parser.add_argument("--activity-out", nargs="*", default=[], help="activity PNGs to write (one clip each)")
-    parser.add_argument("--config-json", required=True, help="the evaluation config section (median_window, f1)")
+    parser.add_argument("--config-json", required=True, help="classes shown, their median windows, f1 (JSON)")
 
     def run(args: argparse.Namespace) -> int:
         settings = json.loads(args.config_json)
@@ -243,7 +243,8 @@ def configure_plot(parser: argparse.ArgumentParser):
         if args.activity_out:
             gt, _ = clips_with_events(read_ground_truth(args.activity_metadata), read_durations(args.activity_durations))
             clips = activity_clips(gt, len(args.activity_out))
-            tables = postprocess_tables(read_score_dir(args.activity_scores, clips), settings["median_window"])
+            raw = {clip: select_classes(t, settings["classes"]) for clip, t in read_score_dir(args.activity_scores, clips).items()}
+            tables = postprocess_tables(raw, settings["median_window"])
             for clip, out in zip(clips, args.activity_out):
                 activity_figure(tables[clip], out, f"{clip} ({args.activity_scores})", gt[clip], settings["f1"]["threshold"])
         return 0
