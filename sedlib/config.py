@@ -28,7 +28,7 @@ EVALUATED_LABELS = ("strong", "soft")  # label kinds of evaluation.splits: PSDS 
 ROLES = (*TRAIN_ROLES, *SCORED_ROLES, "pretrain")
 # Backbone kind -> the `frontends` section it reads (its feature-cache stream); the class of each kind declares the
 # same (sedlib.models.backbone); listed here so that the workflow builds its DAG without importing torch.
-BACKBONE_KINDS = {"atst_frame": "atst"}
+BACKBONE_KINDS = {"atst_frame": "atst", "beats": "beats"}
 
 
 class ConfigError(ValueError):
@@ -131,6 +131,8 @@ def _check_cross_fields(config: dict, source: str) -> None:
             fail(f"model.backbones.{name}.embed_dim", "must be divisible by num_heads")
         if backbone["source"] == "checkpoint" and not backbone.get("checkpoint"):
             fail(f"model.backbones.{name}.checkpoint", "required when source is 'checkpoint' (path, or url + sha256)")
+        if backbone.get("patch_embed_dim") is not None and backbone["kind"] != "beats":
+            fail(f"model.backbones.{name}.patch_embed_dim", f"applies to kind 'beats' only, not '{backbone['kind']}'")
         frontend = BACKBONE_KINDS[backbone["kind"]]
         if frontend not in config["frontends"]:
             fail(f"model.backbones.{name}.kind", f"'{backbone['kind']}' reads frontends.{frontend}: not configured")
