@@ -363,7 +363,8 @@ def train_params(iteration, stage, member):
     return as_json(
         {
             "stage": stage,
-            "member": member_cfg(member),
+            # without its overrides: merged below into this stage's settings, so another stage's change re-runs nothing here
+            "member": {k: v for k, v in member_cfg(member).items() if k != "overrides"},
             "audio": config["audio"],
             # only the member's backbone and its frontend: adding another backbone leaves this run unchanged
             "frontends": {k: config["frontends"][k] for k in ("crnn", backbone_frontend(member_backbone(member)))},
