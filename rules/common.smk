@@ -5,8 +5,8 @@ import json
 import os
 import posixpath
 
-from sedlib.config import (BACKBONE_KINDS, ROLES, SCORED_ROLES, TRAIN_ROLES, labelled_classes, output_classes,
-                           scored_classes, split_ref, splits_with_role, stage_batch_sizes, stage_config,
+from sedlib.config import (BACKBONE_KINDS, ROLES, SCORED_ROLES, TRAIN_ROLES, labelled_classes, member_training,
+                           output_classes, scored_classes, split_ref, splits_with_role, stage_batch_sizes, stage_config,
                            validate_config)
 from sedlib.data.manifest import refresh_manifest
 
@@ -363,16 +363,17 @@ def train_params(iteration, stage, member):
     return as_json(
         {
             "stage": stage,
-            "member": member_cfg(member),
+            # without its overrides: merged below into this stage's settings, so another stage's change re-runs nothing here
+            "member": {k: v for k, v in member_cfg(member).items() if k != "overrides"},
             "audio": config["audio"],
             # only the member's backbone and its frontend: adding another backbone leaves this run unchanged
             "frontends": {k: config["frontends"][k] for k in ("crnn", backbone_frontend(member_backbone(member)))},
             "model": {"crnn": config["model"]["crnn"], "backbone": backbone_cfg(member_backbone(member))},
             "training": {
-                **{k: config["training"][k] for k in ("accelerator", "devices", "strategy", "precision",
-                                                      "accumulate_grad_batches", "num_workers")},
-                "stage": {**stage_config(config, stage, int(iteration)),
-                          "batch_sizes": stage_batch_sizes(config, stage, int(iteration))},
+                **{k: config["training"][k] for k in ("accelerator", "devices", "strategy", "precision", "num_workers")},
+                "accumulate_grad_batches": member_training(config, member, "accumulate_grad_batches"),
+                "stage": {**stage_config(config, stage, int(iteration), member),
+                          "batch_sizes": stage_batch_sizes(config, stage, int(iteration), member)},
             },
             "classes": output_classes(config),
             "datasets": {d: {"labelled": labelled_classes(config, d), "aliases": dataset_cfg(d)["aliases"]}

@@ -28,7 +28,7 @@ EVALUATED_LABELS = ("strong", "soft")  # label kinds of evaluation.splits: PSDS 
 ROLES = (*TRAIN_ROLES, *SCORED_ROLES, "pretrain")
 # Backbone kind -> the `frontends` section it reads (its feature-cache stream); the class of each kind declares the
 # same (sedlib.models.backbone); listed here so that the workflow builds its DAG without importing torch.
-BACKBONE_KINDS = {"atst_frame": "atst"}
+BACKBONE_KINDS = {"atst_frame": "atst", "beats": "beats"}
 
 
 class ConfigError(ValueError):
@@ -131,6 +131,8 @@ def _check_cross_fields(config: dict, source: str) -> None:
             fail(f"model.backbones.{name}.embed_dim", "must be divisible by num_heads")
         if backbone["source"] == "checkpoint" and not backbone.get("checkpoint"):
             fail(f"model.backbones.{name}.checkpoint", "required when source is 'checkpoint' (path, or url + sha256)")
+        if backbone.get("patch_embed_dim") is not None and backbone["kind"] != "beats":
+            fail(f"model.backbones.{name}.patch_embed_dim", f"applies to kind 'beats' only, not '{backbone['kind']}'")
         frontend = BACKBONE_KINDS[backbone["kind"]]
         if frontend not in config["frontends"]:
             fail(f"model.backbones.{name}.kind", f"'{backbone['kind']}' reads frontends.{frontend}: not configured")
@@ -196,7 +198,8 @@ def _check_cross_fields(config: dict, source: str) -> None:
 
 def _check_overrides(config: dict, source: str) -> None:
     """Each ``training.overrides.iterN.stageK`` block names an existing iteration and, merged into
-    ``training.stageK``, gives settings that the stage schema accepts (unknown keys, types and ranges)."""
+    ``training.stageK``, gives settings that the stage schema accepts (unknown keys, types and ranges); likewise
+    each ``training.members[i].overrides.stageK``."""
     training = config["training"]
     for name, block in training["overrides"].items():
         iteration = int(name.removeprefix("iter"))
@@ -204,14 +207,24 @@ def _check_overrides(config: dict, source: str) -> None:
             raise ConfigError(f"{source}: field 'training.overrides.{name}': no such iteration "
                               f"(training.iterations is {training['iterations']})")
         for stage_key, change in block.items():
-            trial = {**config, "training": {**training, stage_key: deep_merge(training[stage_key], change)}}
-            validator = _validator_with_defaults()(schema())
-            errors = [e for e in validator.iter_errors(copy.deepcopy(trial)) if list(e.absolute_path)[:2] == ["training", stage_key]]
-            # the most specific problem: a failing value inside an allOf part also makes its keys "unevaluated"
-            errors.sort(key=lambda e: (e.validator != "unevaluatedProperties", len(e.absolute_path)), reverse=True)
-            if errors:
-                where = ".".join(map(str, ["training.overrides", name, stage_key, *list(errors[0].absolute_path)[2:]]))
-                raise ConfigError(f"{source}: field '{where}': {errors[0].message}")
+            _check_stage_change(config, stage_key, change, f"training.overrides.{name}.{stage_key}", source)
+    for index, member in enumerate(training["members"]):
+        for stage_key, change in member.get("overrides", {}).items():
+            if stage_key.startswith("stage"):
+                _check_stage_change(config, stage_key, change, f"training.members.{index}.overrides.{stage_key}", source)
+
+
+def _check_stage_change(config: dict, stage_key: str, change: dict, where: str, source: str) -> None:
+    """``change`` merged into ``training.{stage_key}`` passes the stage schema; else ConfigError naming ``where``."""
+    training = config["training"]
+    trial = {**config, "training": {**training, stage_key: deep_merge(training[stage_key], change)}}
+    validator = _validator_with_defaults()(schema())
+    errors = [e for e in validator.iter_errors(copy.deepcopy(trial)) if list(e.absolute_path)[:2] == ["training", stage_key]]
+    # the most specific problem: a failing value inside an allOf part also makes its keys "unevaluated"
+    errors.sort(key=lambda e: (e.validator != "unevaluatedProperties", len(e.absolute_path)), reverse=True)
+    if errors:
+        field = ".".join(map(str, [where, *list(errors[0].absolute_path)[2:]]))
+        raise ConfigError(f"{source}: field '{field}': {errors[0].message}")
 
 
 def deep_merge(base: dict, change: dict) -> dict:
@@ -222,12 +235,28 @@ def deep_merge(base: dict, change: dict) -> dict:
     return out
 
 
-def stage_config(config: dict, stage: int, iteration: int = 1) -> dict:
-    """``training.stageN`` of iteration ``iteration``: the stage section with ``training.overrides.iter{i}``
-    merged in."""
+def stage_config(config: dict, stage: int, iteration: int = 1, member: str | None = None) -> dict:
+    """``training.stageN`` of iteration ``iteration`` for ``member`` (a name in training.members, or None): the
+    stage section with ``training.overrides.iter{i}.stageN`` and then the member's ``overrides.stageN`` merged in."""
     training = config["training"]
     change = training["overrides"].get(f"iter{iteration}", {}).get(f"stage{stage}", {})
-    return deep_merge(training[f"stage{stage}"], change)
+    merged = deep_merge(training[f"stage{stage}"], change)
+    return deep_merge(merged, member_overrides(config, member).get(f"stage{stage}", {}))
+
+
+def member_overrides(config: dict, member: str | None) -> dict:
+    """``training.members[*].overrides`` of the member called ``member`` ({} for None or a member without)."""
+    if member is None:
+        return {}
+    for entry in config["training"]["members"]:
+        if entry["name"] == member:
+            return entry.get("overrides", {})
+    raise ValueError(f"training.members has no member named '{member}'")
+
+
+def member_training(config: dict, member: str, key: str):
+    """A training-level setting (``accumulate_grad_batches``) for ``member``: its override, else training.{key}."""
+    return member_overrides(config, member).get(key, config["training"][key])
 
 
 def output_classes(config: dict) -> list[str]:
@@ -300,11 +329,11 @@ def splits_with_role(config: dict, *roles: str) -> list[tuple[str, str]]:
     ]
 
 
-def stage_batch_sizes(config: dict, stage: int, iteration: int = 1) -> dict[str, int]:
-    """``training.stageN.batch_sizes`` (of iteration ``iteration``) of the groups that have a split (a training
-    run's batch layout)."""
+def stage_batch_sizes(config: dict, stage: int, iteration: int = 1, member: str | None = None) -> dict[str, int]:
+    """``training.stageN.batch_sizes`` (of iteration ``iteration``, for ``member``) of the groups that have a split
+    (a training run's batch layout)."""
     present = {split["role"] for ds in config["datasets"].values() for split in ds["splits"].values()}
-    sizes = stage_config(config, stage, iteration)["batch_sizes"]
+    sizes = stage_config(config, stage, iteration, member)["batch_sizes"]
     return {role: sizes[role] for role in TRAIN_ROLES if role in present}
 
 

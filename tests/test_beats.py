@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from sedlib.features.kaldi_fbank import BEATsFbank
+from sedlib.features.kaldi_fbank import BEATS_FRONTEND, BEATsFbank
 from sedlib.models.beats import BEATsEncoder, relative_position_buckets
 from sedlib.models.pretrain import FrameTagger
 
@@ -19,7 +19,7 @@ SMALL = {"conv_pos": 8, "conv_pos_groups": 4, "num_buckets": 16, "max_distance":
 
 def tiny(**fields) -> BEATsEncoder:
     torch.manual_seed(0)
-    return BEATsEncoder.from_config(TINY, **{**SMALL, **fields}).eval()
+    return BEATsEncoder.from_config(TINY, BEATS_FRONTEND, **{**SMALL, **fields}).eval()
 
 
 @pytest.mark.parametrize("variant", [POST_NORM, PRE_NORM], ids=["post_norm_deep_gru", "pre_norm"])
@@ -196,7 +196,7 @@ def test_not_a_beats_checkpoint_or_bad_cfg_is_refused(tmp_path):
                                          "layer_norm_first must be true or false, got 'no'"):
         BEATsEncoder.load_official(tmp_path / "bad_types.pt")
     with pytest.raises(ValueError, match="unknown BEATsConfig fields \\['patch'\\]"):
-        BEATsEncoder.from_config(TINY, patch=16)
+        BEATsEncoder.from_config(TINY, BEATS_FRONTEND, patch=16)
     with pytest.raises(ValueError, match=r"expects a normalised fbank \(B, 128, frames\), got \(2, 64, 100\)"):
         tiny()(torch.zeros(2, 64, 100))
 
@@ -222,7 +222,7 @@ def test_pickled_code_is_refused_and_never_run(tmp_path):
 def test_tiny_beats_trains_in_the_pretraining_frame_tagger():
     """The pretraining model (sedlib.models.pretrain.FrameTagger) takes the encoder as its backbone."""
     torch.manual_seed(0)
-    tagger = FrameTagger(BEATsEncoder.from_config(TINY, **SMALL, **POST_NORM), n_classes=3)
+    tagger = FrameTagger(BEATsEncoder.from_config(TINY, BEATS_FRONTEND, **SMALL, **POST_NORM), n_classes=3)
     feats = torch.randn(4, 128, 160)
     targets = (torch.rand(4, 3, 10) > 0.7).float()
     optimizer = torch.optim.AdamW(tagger.parameters(), lr=3e-3)

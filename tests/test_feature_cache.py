@@ -66,14 +66,15 @@ def test_feature_cache_round_trip(cache, split, config):
     for row, name in enumerate(cache.filenames):
         wave = sf.read(split / "audio_16k" / name, dtype="float32")[0]
         wave = np.pad(wave, (0, max(0, 10 * SR - len(wave))))  # short clips: zero-padded to 10 s
-        for array, frontend in ((cache.crnn, fe.crnn), (cache.atst, fe.atst)):
+        for array, frontend in ((cache.crnn, fe.crnn), (cache.atst, fe.atst), (cache.mel("beats"), fe.beats)):
             alone = frontend.mel(torch.from_numpy(wave)[None])[0].numpy()
             width = alone.shape[-1]
             # same clip computed alone vs in a batch: float32 rounding only (max seen ~1e-6 relative)
             assert np.abs(array[row, :, :width] - alone).max() <= 1e-5 * alone.max(), (name, type(frontend).__name__)
             assert not array[row, :, width:].any()  # frames past the padded length are zero
     index = (split / "features" / "index.tsv").read_text().splitlines()
-    assert index[0] == "filename\tduration\tn_crnn\tn_atst" and index[3] == "long.wav\t14.700000\t919\t1471"
+    # every configured section is cached, the embedded default's BEATs Kaldi fbank too: 1 + (235200 - 400) // 160
+    assert index[0] == "filename\tduration\tn_crnn\tn_atst\tn_beats" and index[3] == "long.wav\t14.700000\t919\t1471\t1468"
 
 
 def test_cache_features_command_matches_library(cache, split, config, tmp_path):

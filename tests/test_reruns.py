@@ -268,6 +268,39 @@ def test_member_with_another_backbone_runs_only_that_backbone_and_member(state):
     assert "results/eval_psds.json" in todo
 
 
+def test_beats_member_runs_only_the_beats_stream_backbone_member_and_ensemble(state):
+    def add(config):
+        config["model"]["backbones"]["beats"] = {**config["model"]["backbones"]["atst"], "kind": "beats"}
+        config["training"]["members"].append({"name": "beats1", "seed": 1, "backbone": "beats"})
+
+    edit_config(state, add)
+    todo, current = pending(state)
+    # the Kaldi fbank stream (its own cache_stream jobs), the BEATs backbone and its embeddings are new
+    new_features = under(todo, "results/features/")
+    assert new_features and all(p.endswith(("/beats_mel.npy", "/beats_index.tsv")) for p in new_features)
+    assert rules_of(new_features, current) == {"cache_stream"}
+    assert {"results/backbone/beats.pt", *under(current, "results/embeddings/beats/")} <= todo
+    assert not under(todo, "results/data/", "results/backbone/atst", "results/embeddings/atst/")
+    old_iter1 = {
+        p for p in under(current, "results/iter1/")
+        if any(f"/{m}/" in p or f"/{m}_" in p for m in ("seed1", "seed2"))
+    }
+    assert old_iter1 and not (old_iter1 & todo), f"ATST members re-run: {sorted(old_iter1 & todo)}"
+    new = {p for p in current if "/beats1/" in p or "/beats1_" in p}
+    assert new and new <= todo
+    assert under(current, "results/iter1/pseudo_labels/ensemble/", "results/iter1/scores/ensemble/") <= todo
+    assert "results/eval_psds.json" in todo
+
+
+def test_member_override_reruns_that_member_and_downstream_only(state):
+    edit_config(state, lambda c: c["training"]["members"][1].update(overrides={"stage2": {"lr_cnn": 0.0007}}))
+    todo, current = pending(state)
+    assert not under(todo, *UPSTREAM) and not under(todo, "results/iter1/stage1/")
+    assert under(current, "results/iter1/stage2/seed2/") <= todo, sorted(under(current, "results/iter1/stage2/seed2/") - todo)
+    seed1 = {p for p in under(current, "results/iter1/") if "/seed1/" in p or "/seed1_" in p}
+    assert seed1 and not (seed1 & todo), f"the other member re-runs: {sorted(seed1 & todo)}"
+
+
 def test_synthetic_size_reruns_the_whole_chain(state):
     edit_config(state, lambda c: c["datasets"]["desed"]["synthetic"]["sizes"].update(
         synth_train=c["datasets"]["desed"]["synthetic"]["sizes"]["synth_train"] + 8))

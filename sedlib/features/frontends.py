@@ -1,4 +1,5 @@
-"""Mel frontends of the two ATST-SED branches, in torch only (no torchaudio), by config section name.
+"""Mel frontends of the two ATST-SED branches, in torch only (no torchaudio), by config section name
+(and BEATs' Kaldi fbank, section ``beats``: sedlib.features.kaldi_fbank).
 
 Both reproduce the ``torchaudio.transforms.MelSpectrogram`` settings of the published code
 (ATST-SED ``desed_task/dataio/datasets_atst_sed.py``): centred STFT with reflect padding
@@ -28,6 +29,8 @@ import abc
 
 import torch
 from torch import nn
+
+from sedlib.features.kaldi_fbank import BEATsFbank
 
 ATST_DB_MIN = -79.6482  # ATSTNorm MinMax constants (published)
 ATST_DB_MAX = 50.6842
@@ -140,8 +143,11 @@ class ATSTFrontend(MelFrontend):
         return (db - ATST_DB_MIN) / (ATST_DB_MAX - ATST_DB_MIN) * 2.0 - 1.0
 
 
-# Frontend class of each ``config["frontends"]`` section; a backbone kind names the section it reads.
-FRONTENDS: dict[str, type[MelFrontend]] = {"crnn": CRNNFrontend, "atst": ATSTFrontend}
+# Frontend class of each ``config["frontends"]`` section; a backbone kind names the section it reads. BEATsFbank
+# (Kaldi fbank, section ``beats``) has the same API: cfg, params(), n_frames(), mel(), normalize(), sample_rate,
+# n_mels, hop_length.
+FRONTENDS: dict[str, type[MelFrontend] | type[BEATsFbank]] = {"crnn": CRNNFrontend, "atst": ATSTFrontend,
+                                                              "beats": BEATsFbank}
 
 
 class Frontends:

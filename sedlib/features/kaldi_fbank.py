@@ -112,17 +112,34 @@ class KaldiFbank(nn.Module):
         return energies.clamp(min=FLOAT32_EPS).log().to(torch.float32)
 
 
+# The published BEATs fbank as a ``frontends`` section (config keys of sedlib/features/frontends.py; samples, Hz).
+BEATS_FRONTEND = {"sample_rate": BEATS_SAMPLE_RATE, "n_fft": 512, "win_length": 400, "hop_length": 160,
+                  "f_min": 20.0, "f_max": BEATS_SAMPLE_RATE / 2, "n_mels": BEATS_N_MELS}
+
+
 class BEATsFbank(nn.Module):
-    """BEATs input features, with the frontend API of sedlib/features/frontends.py (time last):
-    ``mel(wave)``: waveform (B, samples) at 16 kHz in [-1, 1] -> log fbank (B, 128, frames), the cached quantity;
+    """BEATs input features, with the frontend API of sedlib/features/frontends.py (time last), the frontend of
+    section ``frontends.beats`` (``cfg``: that section; default: the published settings, BEATS_FRONTEND):
+    ``mel(wave)``: waveform (B, samples) at 16 kHz in [-1, 1] -> log fbank (B, n_mels, frames), the cached quantity;
     ``normalize(fbank)``: ``(fbank - 15.41663) / (2 * 6.55582)``; ``forward`` = normalize(mel(wave)).
+    ``win_length`` / ``hop_length`` are Kaldi's frame length / shift in samples, ``f_min`` / ``f_max`` its
+    ``low_freq`` / ``high_freq``; ``n_fft`` must be Kaldi's FFT size, the next power of two of ``win_length``.
     """
 
-    def __init__(self):
+    def __init__(self, cfg: dict | None = None):
         super().__init__()
-        self.kaldi = KaldiFbank(sample_rate=BEATS_SAMPLE_RATE, n_mels=BEATS_N_MELS, frame_length_ms=25.0,
-                                frame_shift_ms=BEATS_FRAME_SHIFT_MS, waveform_scale=BEATS_WAVEFORM_SCALE)
-        self.sample_rate, self.n_mels, self.hop_length = BEATS_SAMPLE_RATE, BEATS_N_MELS, self.kaldi.frame_shift
+        self.cfg = dict(cfg or BEATS_FRONTEND)
+        sample_rate = int(self.cfg["sample_rate"])
+        self.kaldi = KaldiFbank(sample_rate=sample_rate, n_mels=int(self.cfg["n_mels"]),
+                                frame_length_ms=1000.0 * self.cfg["win_length"] / sample_rate,
+                                frame_shift_ms=1000.0 * self.cfg["hop_length"] / sample_rate,
+                                low_freq=float(self.cfg["f_min"]), high_freq=float(self.cfg["f_max"]),
+                                waveform_scale=BEATS_WAVEFORM_SCALE)
+        sizes = {"win_length": self.kaldi.window_length, "hop_length": self.kaldi.frame_shift, "n_fft": self.kaldi.n_fft}
+        wrong = [f"{key} {self.cfg[key]} (Kaldi: {value})" for key, value in sizes.items() if self.cfg[key] != value]
+        if wrong:
+            raise ValueError(f"frontends.beats: {', '.join(wrong)}; n_fft must be the next power of two of win_length")
+        self.sample_rate, self.n_mels, self.hop_length = sample_rate, self.kaldi.n_mels, self.kaldi.frame_shift
 
     def params(self) -> dict:
         """Every setting that determines the features (for provenance sidecars and cache keys)."""

@@ -1,4 +1,4 @@
-"""Models: the backbone interface and its kinds (ATST-Frame), ATST-SED CRNN, checkpoints, long-audio windowing."""
+"""Models: the backbone interface and its kinds (ATST-Frame, BEATs), ATST-SED CRNN, checkpoints, long-audio windowing."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 # Modules that define the built-in kinds, imported on first use (tests register their own kinds directly).
-BUILTIN_MODULES = {"atst_frame": "sedlib.models.atst_frame"}
+BUILTIN_MODULES = {"atst_frame": "sedlib.models.atst_frame", "beats": "sedlib.models.beats"}
 _REGISTRY: dict[str, type["Backbone"]] = {}
 
 

@@ -47,6 +47,7 @@ from torch.nn import functional as F
 
 from sedlib.features.kaldi_fbank import BEATS_FRAME_SHIFT_MS, BEATS_N_MELS
 from sedlib.io import atomic_path
+from sedlib.models.backbone import Backbone, register
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,16 @@ ACTIVATIONS = {
     "linear": lambda x: x,
 }
 PREDICTOR_PREFIX = "predictor."
+# The fields of the ``beats`` backbone kind that its sizes do not set: those of the ``cfg`` of BEATs_iter3(+)
+# checkpoints as public code transcribes it (patch 16, post-norm with deep norm, gated relative position bias with
+# 320 buckets up to 800; not checked against a checkpoint here), without dropout. An official checkpoint loaded
+# as a backbone must agree on those that change the computation (ARCHITECTURE_FIELDS).
+KIND_CFG = {"input_patch_size": 16, "deep_norm": True, "layer_norm_first": False, "relative_position_embedding": True,
+            "gru_rel_pos": True, "num_buckets": 320, "max_distance": 800, "conv_pos": 128, "conv_pos_groups": 16,
+            "activation_fn": "gelu", "conv_bias": False, "dropout": 0.0, "attention_dropout": 0.0}
+ARCHITECTURE_FIELDS = ("input_patch_size", "deep_norm", "layer_norm_first", "relative_position_embedding",
+                       "gru_rel_pos", "num_buckets", "max_distance", "conv_pos", "conv_pos_groups", "activation_fn",
+                       "conv_bias")
 
 
 def beats_config(cfg: dict, source: str = "BEATs cfg") -> dict:
@@ -279,20 +290,27 @@ class TransformerEncoder(nn.Module):
         return self.layer_norm(x) if self.layer_norm_first else x
 
 
-class BEATsEncoder(nn.Module):
+@register
+class BEATsEncoder(Backbone):
     """Normalised BEATs fbank (B, 128, T) -> frame embeddings (B, encoder_embed_dim, T // 16), one per 0.16 s.
 
-    ``cfg``: BEATsConfig fields (the ``cfg`` dict of an official checkpoint); parameter names are those of the
-    official ``model`` state dict (without ``predictor.*``).
+    The backbone kind ``beats`` (sedlib.models.backbone): frontend ``beats`` (sedlib.features.kaldi_fbank.BEATsFbank,
+    10 ms frames), 16 frames per embedding. ``cfg``: BEATsConfig fields (the ``cfg`` dict of an official
+    checkpoint); parameter names are those of the official ``model`` state dict (without ``predictor.*``).
+    ``hparams`` = {"cfg": the full cfg, "n_mels"} rebuilds it (our backbone files).
     """
+
+    kind, frontend = "beats", "beats"
 
     def __init__(self, cfg: dict, n_mels: int = BEATS_N_MELS):
         super().__init__()
         self.cfg = beats_config(cfg)
+        self.hparams = {"cfg": dict(self.cfg), "n_mels": n_mels}
         self.n_mels = n_mels
         self.patch_frames = self.cfg["input_patch_size"]
         if n_mels < self.patch_frames:
             raise ValueError(f"BEATs needs at least input_patch_size ({self.patch_frames}) mel bins, got {n_mels}")
+        self.frames_per_embedding = self.patch_frames
         self.freq_patches = n_mels // self.patch_frames
         self.embed_dim = self.cfg["encoder_embed_dim"]
         self.frame_hop_seconds = self.patch_frames * BEATS_FRAME_SHIFT_MS / 1000.0
@@ -306,22 +324,33 @@ class BEATsEncoder(nn.Module):
         self.reset_parameters()
 
     @classmethod
-    def from_config(cls, backbone_cfg: dict, **cfg_fields) -> "BEATsEncoder":
-        """Randomly initialised encoder of the sizes in ``config["model"]["backbone"]`` (embed_dim, depth,
-        num_heads, mlp_ratio; its other keys are not sizes and are ignored). The patch embedding has embed_dim
-        channels (no post_extract_proj). The other fields are those of the ``cfg`` of BEATs_iter3(+) checkpoints
-        as public code transcribes it (patch 16, post-norm with deep norm, gated relative position bias with
-        320 buckets up to 800, no dropout; not checked against a checkpoint here), overridden by
-        ``cfg_fields`` (BEATsConfig names). A loaded checkpoint's own ``cfg`` always wins."""
-        cfg = {"input_patch_size": 16, "deep_norm": True, "relative_position_embedding": True, "gru_rel_pos": True,
-               "max_distance": 800, "dropout": 0.0, "attention_dropout": 0.0, "embed_dim": backbone_cfg["embed_dim"],
-               "encoder_embed_dim": backbone_cfg["embed_dim"], "encoder_layers": backbone_cfg["depth"],
-               "encoder_attention_heads": backbone_cfg["num_heads"],
-               "encoder_ffn_embed_dim": int(backbone_cfg["embed_dim"] * backbone_cfg["mlp_ratio"])}
+    def from_config(cls, definition: dict, frontend_cfg: dict, **cfg_fields) -> "BEATsEncoder":
+        """Randomly initialised encoder of the sizes in a ``model.backbones`` entry (embed_dim, depth, num_heads,
+        mlp_ratio, patch_embed_dim: the patch embedding's channels, null = embed_dim without post_extract_proj;
+        its other keys are not sizes and are ignored) for ``frontends.beats`` (n_mels). The other fields are
+        KIND_CFG, overridden by ``cfg_fields`` (BEATsConfig names). A loaded checkpoint's own ``cfg`` wins in
+        :meth:`load_official`; as a backbone, :meth:`official_state_dict` requires it to agree."""
+        embed_dim = definition["embed_dim"]
+        cfg = {**KIND_CFG, "embed_dim": definition.get("patch_embed_dim") or embed_dim, "encoder_embed_dim": embed_dim,
+               "encoder_layers": definition["depth"], "encoder_attention_heads": definition["num_heads"],
+               "encoder_ffn_embed_dim": int(embed_dim * definition["mlp_ratio"])}
         unknown = sorted(set(cfg_fields) - set(BEATS_CONFIG_DEFAULTS))
         if unknown:
             raise ValueError(f"BEATsEncoder.from_config: unknown BEATsConfig fields {unknown}")
-        return cls({**cfg, **cfg_fields})
+        return cls({**cfg, **cfg_fields}, n_mels=frontend_cfg["n_mels"])
+
+    @classmethod
+    def official_state_dict(cls, checkpoint: dict, which: str = "teacher") -> tuple[dict[str, torch.Tensor], str]:
+        """The encoder weights of an official checkpoint ``{"cfg", "model"}`` (layout ``beats-official``);
+        ``which`` does not apply. Its cfg must agree with KIND_CFG on ARCHITECTURE_FIELDS (the fields that
+        change the computation but no parameter shape), else ValueError lists the differences."""
+        cfg, state = official_parts(checkpoint, "BEATs checkpoint")
+        differ = [f"{key}: checkpoint {cfg[key]!r}, beats kind {KIND_CFG[key]!r}"
+                  for key in ARCHITECTURE_FIELDS if cfg[key] != KIND_CFG[key]]
+        if differ:
+            raise ValueError("BEATs checkpoint cfg differs from the beats backbone kind (sedlib.models.beats.KIND_CFG):"
+                             " " + "; ".join(differ))
+        return state, "beats-official"
 
     def reset_parameters(self) -> None:
         """Reference initialisation: BERT (normal std 0.02, zero bias) for linear and embedding weights
@@ -385,15 +414,8 @@ class BEATsEncoder(nn.Module):
         checkpoint, ``cfg.finetuned_model``) is dropped; without ``finetuned_model`` it is unexpected."""
         from sedlib.models.checkpoint import load_state_dict_strict, read_checkpoint  # imports sedlib.models
 
-        checkpoint = read_checkpoint(path)
-        for field in ("cfg", "model"):
-            if not isinstance(checkpoint.get(field), dict):
-                raise ValueError(f"{path}: not an official BEATs checkpoint (no '{field}' dict; top-level keys "
-                                 f"{sorted(checkpoint)[:10]})")
-        encoder = cls(beats_config(checkpoint["cfg"], f"{path}: cfg"))
-        state = checkpoint["model"]
-        if encoder.cfg["finetuned_model"]:
-            state = {k: v for k, v in state.items() if not k.startswith(PREDICTOR_PREFIX)}
+        cfg, state = official_parts(read_checkpoint(path), str(path))
+        encoder = cls(cfg)
         load_state_dict_strict(encoder, state, f"{path} (BEATs 'model')")
         return encoder.eval()
 
@@ -403,3 +425,17 @@ class BEATsEncoder(nn.Module):
         payload = {"cfg": dict(self.cfg), "model": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
+
+
+def official_parts(checkpoint: dict, source: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(full BEATsConfig, encoder state dict) of an official checkpoint dict ``{"cfg", "model"}``; ``predictor.*``
+    is dropped when ``cfg.finetuned_model`` says the checkpoint has it (else it stays, an unexpected key)."""
+    for field in ("cfg", "model"):
+        if not isinstance(checkpoint.get(field), dict):
+            raise ValueError(f"{source}: not an official BEATs checkpoint (no '{field}' dict; top-level keys "
+                             f"{sorted(checkpoint)[:10]})")
+    cfg = beats_config(checkpoint["cfg"], f"{source}: cfg")
+    state = checkpoint["model"]
+    if cfg["finetuned_model"]:
+        state = {k: v for k, v in state.items() if not k.startswith(PREDICTOR_PREFIX)}
+    return cfg, state
