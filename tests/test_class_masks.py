@@ -29,7 +29,7 @@ def joint_config() -> dict:
         "aliases": {"cutlery and dishes": "Dishes", "people talking": "Speech"},
         "splits": {"train": {"audio": "a", "metadata": "m.tsv", "labels": "soft", "role": "maestro"}},
     }  # fmt: skip
-    raw["evaluation"]["median_window"] = 7
+    raw["evaluation"].update(median_window=7, splits=["desed/devtest"])
     raw["training"]["val_median_window"] = None
     return raw
 

@@ -19,7 +19,7 @@ import yaml
 
 from sedlib.cli import main as cli_main
 from conftest import published_geometry
-from sedlib.config import load_config
+from sedlib.config import TRAIN_ROLES, load_config
 from sedlib.io import sha256_file
 from sedlib.pseudo.ensemble import PROB_EPS, average_logits
 from sedlib.pseudo.store import read_logits, write_logits
@@ -302,7 +302,7 @@ def test_dry_run_chains_iterations_through_pseudo_labels(repo_root, tmp_path):
     workdir = workflow_copy(repo_root, tmp_path / "wf")
     config = load_config(workdir / "workflow_config.yaml")
     members = [m["name"] for m in config["training"]["members"]]
-    groups = [s for s, v in config["datasets"]["desed"]["splits"].items() if v["role"] in ("synthetic", "strong_real", "weak", "unlabeled")]
+    groups = [s for ds in config["datasets"].values() for s, v in ds["splits"].items() if v["role"] in TRAIN_ROLES]
     jobs = dry_run(workdir)  # default target: the whole pipeline
     predicted = {(w["iteration"], w["member"], w["split"]) for r, w in jobs if r == "predict_member_logits"}
     averaged = {(w["iteration"], w["split"]) for r, w in jobs if r == "average_pseudo_labels"}
@@ -347,7 +347,7 @@ def test_adding_a_member_reruns_only_its_predictions_and_the_averages(repo_root,
     predictions = [w for r, w in jobs if r == "predict_member_logits"]
     assert predictions and all(w["member"] == "extra" for w in predictions)
     averaged = [w for r, w in jobs if r == "average_pseudo_labels"]
-    groups = [s for s, v in config["datasets"]["desed"]["splits"].items() if v["role"] in ("synthetic", "strong_real", "weak", "unlabeled")]
+    groups = [s for ds in config["datasets"].values() for s, v in ds["splits"].items() if v["role"] in TRAIN_ROLES]
     assert sorted(w["split"] for w in averaged) == sorted(groups)
     for rule, wildcards in jobs:
         if "member" in wildcards:
