@@ -100,8 +100,9 @@ def test_streams_cached_separately_equal_the_combined_cache(cache, split, config
     assert (folder / "atst_index.tsv").read_text().splitlines()[0] == "filename\tduration\tn_atst"
     assert sorted(crnn_only.mels) == ["atst", "crnn"] and crnn_only.filenames == cache.filenames
     np.testing.assert_array_equal(crnn_only.n_atst, cache.n_atst)
-    np.testing.assert_array_equal(crnn_only.atst, cache.atst)
-    np.testing.assert_array_equal(crnn_only.crnn, cache.crnn)
+    # batch size 3 here, the fixture's default batch: only the float summation order of the FFTs may differ
+    np.testing.assert_allclose(crnn_only.atst, cache.atst, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(crnn_only.crnn, cache.crnn, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="no 'beats' features \\(cached: \\['atst', 'crnn'\\]\\)"):
         crnn_only.mel("beats")
     rows = (folder / "atst_index.tsv").read_text().splitlines()

@@ -11,6 +11,7 @@ import torch
 
 import sedlib.progress as P
 from sedlib.cli import main
+from sedlib.features.frontends import Frontends
 from sedlib.models.windowing import predict_clip
 
 
@@ -51,8 +52,9 @@ def test_predict_clip_reports_the_seconds_it_covers():
         return torch.zeros(wave.shape[0], 1, 626)
 
     model.time_pooling = pool
+    model.backbone = types.SimpleNamespace(frontend="atst")  # the section whose features atst_feats carries
     crnn_mel.sample_rate, crnn_mel.hop_length = 16000, hop
-    frontends = types.SimpleNamespace(crnn=crnn_mel, atst=lambda wave: wave)
+    frontends = Frontends(crnn=crnn_mel, atst=lambda wave: wave)
     reported = []
     predict_clip(model, frontends, torch.zeros(16000 * 47), batch_size=2, on_progress=reported.append)
     assert len(reported) == 5 and sum(reported) == pytest.approx(47.0)  # 9 windows of 10 s, 5 s hop
