@@ -231,6 +231,7 @@ def test_commands_and_evaluate_report_csebbs_beside_the_median_filter(tmp_path, 
     config["evaluation"]["bootstrap"] = {"n": 3, "seed": 0}
     config["evaluation"]["psds_eval_thresholds"] = 5
     config["datasets"] = {"desed": {**config["datasets"]["desed"], "classes": CLASSES}}  # a DESED-only model
+    config["evaluation"]["splits"] = ["desed/devtest"]
     config["evaluation"]["median_window"] = [7] * len(CLASSES)
     inputs = {
         "splits": {"desed/devtest": {"metadata": str(test / "metadata.tsv"), "durations": str(test / "durations.tsv")}},
