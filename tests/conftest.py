@@ -1,9 +1,14 @@
 """Shared test fixtures: repository paths and the real reference data in ../shared/data."""
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sedlib.config import load_config
 
@@ -11,6 +16,46 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 # What `snakemake` needs to run the workflow from another folder (results then land in that folder).
 WORKFLOW_PARTS = ("Snakefile", "rules", "envs", "workflow_config.yaml", "docs")
+
+
+# Every job of a workflow copy's default-target DAG: [rule, sorted inputs, [[output, is it a directory()], ...]].
+# Snakemake has no CLI listing that carries the directory flag, so this uses its Python API and the DAG it builds
+# (internal names of the pinned Snakemake 9.27.1).
+DAG_JOBS = """
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import DAGSettings, OutputSettings, Quietness, ResourceSettings
+
+root = Path(sys.argv[1]).resolve()
+with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+    workflow_api = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=root / "Snakefile", workdir=root)
+    workflow_api.dag(DAGSettings())
+    workflow = workflow_api._workflow
+    workflow._prepare_dag(forceall=False, ignore_incomplete=True, lock_warn_only=True)
+    workflow._build_dag()
+    print(json.dumps([[job.rule.name, sorted(map(str, job.input)), [[str(f), bool(f.is_directory)] for f in job.output]]
+                      for job in workflow.dag.jobs]))
+"""
+
+
+def dag_jobs(root: Path, timeout: int = 300) -> list[tuple[str, list[str], list[tuple[str, bool]]]]:
+    """(rule, inputs, [(output, is_directory)]) of every job that ``root``'s default target needs."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run([sys.executable, "-c", DAG_JOBS, str(root)], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [(rule, inputs, [tuple(out) for out in outputs])
+            for rule, inputs, outputs in json.loads(proc.stdout.strip().splitlines()[-1])]  # fmt: skip
+
+
+@pytest.fixture()
+def one_thread():
+    """The machine is shared: one intra-op thread keeps training runs fast and reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +117,6 @@ def copy_workflow():
 @pytest.fixture(scope="session")
 def random_model_file(tmp_path_factory) -> Path:
     """model.pt of the embedded config's CRNN + ATST-Frame, randomly initialised (seeded), student != teacher."""
-    import torch
 
     from sedlib.config import load_config
     from sedlib.models import build_sed_model

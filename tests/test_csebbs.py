@@ -5,13 +5,13 @@ import argparse
 import copy
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import dag_jobs
 
 from sedlib.cli import main as cli_main
 from sedlib.config import ConfigError, load_config, validate_config
@@ -89,32 +89,12 @@ def test_auto_follows_whether_sebbs_is_importable(raw_config, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- the tuning job's inputs in the DAG
-LIST_INPUTS = """
-import json, sys
-from pathlib import Path
-from snakemake.api import SnakemakeApi
-from snakemake.settings.types import DAGSettings, OutputSettings, Quietness, ResourceSettings
-
-root = Path(sys.argv[1]).resolve()
-with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
-    workflow_api = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=root / "Snakefile", workdir=root)
-    workflow_api.dag(DAGSettings())
-    workflow = workflow_api._workflow
-    workflow._prepare_dag(forceall=False, ignore_incomplete=True, lock_warn_only=True)
-    workflow._build_dag()
-    print(json.dumps([[job.rule.name, sorted(map(str, job.input))] for job in workflow.dag.jobs]))
-"""
-
-
 def test_tuning_jobs_read_only_the_validation_split(copy_workflow, tmp_path, raw_config):
     root = copy_workflow(tmp_path / "wf")
     config = copy.deepcopy(raw_config)
     config["evaluation"]["csebbs"] = {"enabled": True, "tune_split": "desed/synth_val"}
     (root / "workflow_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    proc = subprocess.run([sys.executable, "-c", LIST_INPUTS, str(root)], cwd=root, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = json.loads(proc.stdout.strip().splitlines()[-1])
+    jobs = [(rule, inputs) for rule, inputs, _ in dag_jobs(root)]
     tuning = [inputs for rule, inputs in jobs if rule == "tune_csebbs"]
     # per iteration: each member's stage-1 and stage-2 teacher, and the ensemble
     models = config["training"]["iterations"] * (2 * len(config["training"]["members"]) + 1)

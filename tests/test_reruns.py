@@ -11,7 +11,6 @@ the embedded configuration switched to ``source: local``, whose tests edit the d
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -20,27 +19,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import dag_jobs
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TIMEOUT_S = 180
 
-# Every output of the default target's DAG with its directory() flag. Snakemake has no CLI listing that carries
-# the flag, so this uses its Python API and the DAG it builds (internal names of the pinned Snakemake 9.27.1).
-LIST_OUTPUTS = """
-import json, sys
-from pathlib import Path
-from snakemake.api import SnakemakeApi
-from snakemake.settings.types import DAGSettings, OutputSettings, Quietness, ResourceSettings
-
-root = Path(sys.argv[1]).resolve()
-with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
-    workflow_api = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=root / "Snakefile", workdir=root)
-    workflow_api.dag(DAGSettings())
-    workflow = workflow_api._workflow
-    workflow._prepare_dag(forceall=False, ignore_incomplete=True, lock_warn_only=True)
-    workflow._build_dag()
-    print(json.dumps(sorted({(str(f), bool(f.is_directory)) for job in workflow.dag.jobs for f in job.output})))
-"""
 
 
 def _env() -> dict[str, str]:
@@ -82,18 +65,18 @@ def under(paths, *prefixes: str) -> set[str]:
     return {p for p in paths if p.startswith(prefixes)}
 
 
+def of_members(paths, *members: str) -> set[str]:
+    """The paths of the given members' jobs: folders '{member}/' and model names '{member}_...'."""
+    return {p for p in paths if any(f"/{m}/" in p or f"/{m}_" in p for m in members)}
+
+
 # Outputs that no training change may touch: data, features, backbones, embeddings.
 UPSTREAM = ("results/data/", "results/features/", "results/backbone/", "results/embeddings/")
 
 
 def finish(root: Path) -> Path:
     """Make every output of ``root``'s DAG exist, with provenance recorded as if each job had run."""
-    listing = subprocess.run(
-        [sys.executable, "-c", LIST_OUTPUTS, str(root)],
-        cwd=root, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S,
-    )
-    assert listing.returncode == 0, listing.stderr[-4000:]
-    outputs = json.loads(listing.stdout.strip().splitlines()[-1])
+    outputs = sorted({out for _, _, job_outputs in dag_jobs(root, TIMEOUT_S) for out in job_outputs})
     for path, is_directory in outputs:
         target = root / path
         if is_directory:
@@ -229,13 +212,10 @@ def test_median_window_reruns_only_evaluation(state):
 def test_added_member_runs_only_its_jobs_and_the_ensemble(state):
     edit_config(state, lambda c: c["training"]["members"].append({"name": "seed3", "seed": 3}))
     todo, current = pending(state)
-    new = {p for p in current if "/seed3/" in p or "/seed3_" in p}
+    new = of_members(current, "seed3")
     assert new and new <= todo, "the new member trains, predicts and is scored"
     assert not under(todo, *UPSTREAM)
-    old_iter1 = {
-        p for p in under(current, "results/iter1/")
-        if any(f"/{m}/" in p or f"/{m}_" in p for m in ("seed1", "seed2"))
-    }
+    old_iter1 = of_members(under(current, "results/iter1/"), "seed1", "seed2")
     assert old_iter1 and not (old_iter1 & todo), f"existing members re-run: {sorted(old_iter1 & todo)}"
     # The ensemble of iteration 1 changes, so its pseudo-labels and scores, and iteration 2 (trained on those
     # pseudo-labels, every member) are rebuilt.
@@ -256,12 +236,9 @@ def test_member_with_another_backbone_runs_only_that_backbone_and_member(state):
     # features (the new backbone reads the same ATST stream), the old backbone and its embeddings stay
     assert not under(todo, "results/data/", "results/features/", "results/backbone/atst", "results/embeddings/atst/")
     assert rules_of(under(todo, "results/iter1/stage1/"), current) == {"train_stage1"}
-    old_iter1 = {
-        p for p in under(current, "results/iter1/")
-        if any(f"/{m}/" in p or f"/{m}_" in p for m in ("seed1", "seed2"))
-    }
+    old_iter1 = of_members(under(current, "results/iter1/"), "seed1", "seed2")
     assert old_iter1 and not (old_iter1 & todo), f"members of the unchanged backbone re-run: {sorted(old_iter1 & todo)}"
-    new = {p for p in current if "/seed3/" in p or "/seed3_" in p}
+    new = of_members(current, "seed3")
     assert new and new <= todo
     # the iteration-1 ensemble now mixes backbones: its pseudo-labels and scores, and iteration 2, are rebuilt
     assert under(current, "results/iter1/pseudo_labels/ensemble/", "results/iter1/scores/ensemble/") <= todo
@@ -281,12 +258,9 @@ def test_beats_member_runs_only_the_beats_stream_backbone_member_and_ensemble(st
     assert rules_of(new_features, current) == {"cache_stream"}
     assert {"results/backbone/beats.pt", *under(current, "results/embeddings/beats/")} <= todo
     assert not under(todo, "results/data/", "results/backbone/atst", "results/embeddings/atst/")
-    old_iter1 = {
-        p for p in under(current, "results/iter1/")
-        if any(f"/{m}/" in p or f"/{m}_" in p for m in ("seed1", "seed2"))
-    }
+    old_iter1 = of_members(under(current, "results/iter1/"), "seed1", "seed2")
     assert old_iter1 and not (old_iter1 & todo), f"ATST members re-run: {sorted(old_iter1 & todo)}"
-    new = {p for p in current if "/beats1/" in p or "/beats1_" in p}
+    new = of_members(current, "beats1")
     assert new and new <= todo
     assert under(current, "results/iter1/pseudo_labels/ensemble/", "results/iter1/scores/ensemble/") <= todo
     assert "results/eval_psds.json" in todo
@@ -297,7 +271,7 @@ def test_member_override_reruns_that_member_and_downstream_only(state):
     todo, current = pending(state)
     assert not under(todo, *UPSTREAM) and not under(todo, "results/iter1/stage1/")
     assert under(current, "results/iter1/stage2/seed2/") <= todo, sorted(under(current, "results/iter1/stage2/seed2/") - todo)
-    seed1 = {p for p in under(current, "results/iter1/") if "/seed1/" in p or "/seed1_" in p}
+    seed1 = of_members(under(current, "results/iter1/"), "seed1")
     assert seed1 and not (seed1 & todo), f"the other member re-runs: {sorted(seed1 & todo)}"
 
 

@@ -144,13 +144,7 @@ def with_pseudo_labels(fake: dict, offset: float = 0.0) -> dict:
     return {**fake["inputs"], "splits": splits}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: one intra-op thread keeps these runs fast and reproducible."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- data

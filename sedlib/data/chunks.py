@@ -84,10 +84,14 @@ def chunk_name(recording: str, start: int, stop: int, sample_rate: int) -> str:
     return f"{recording}-{int(start / sample_rate * 100):06d}-{int(stop / sample_rate * 100):06d}"
 
 
+def chunk_id(name: str) -> str:
+    """A chunk's id: its audio file name without the extension (an id stays as it is)."""
+    return name[: name.rfind(".")] if is_audio_name(name) else name
+
+
 def parse_chunk_name(name: str) -> tuple[str, float, float]:
     """(recording, onset s, offset s) of a chunk name or file name (an audio extension is ignored)."""
-    stem = name[: name.rfind(".")] if is_audio_name(name) else name
-    match = CHUNK_NAME.match(stem)
+    match = CHUNK_NAME.match(chunk_id(name))
     if match is None or int(match["onset"]) >= int(match["offset"]):
         raise ValueError(
             f"chunk name {name!r}: expected '<recording>-<onset>-<offset>' with onset < offset in centiseconds, "

@@ -20,8 +20,7 @@ import numpy as np
 import pandas as pd
 from sed_scores_eval.base_modules.scores import create_score_dataframe
 
-from sedlib.data.audio_names import is_audio_name
-from sedlib.data.chunks import SoftEvent, parse_chunk_name
+from sedlib.data.chunks import SoftEvent, chunk_id, parse_chunk_name
 from sedlib.data.metadata import read_soft, soft_events_by_file
 from sedlib.evaluation.postprocess import Event, table_classes
 
@@ -33,11 +32,6 @@ class Chunk(NamedTuple):
     recording: str
     onset: float  # s in the recording
     offset: float  # s in the recording
-
-
-def chunk_id(name: str) -> str:
-    """A chunk's id: its audio file name without the extension (an id stays as it is)."""
-    return name.rsplit(".", 1)[0] if is_audio_name(name) else name
 
 
 def chunk_of(name: str) -> Chunk:
