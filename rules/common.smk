@@ -355,6 +355,20 @@ def pretrain_split():
     return pairs[0]
 
 
+# ----------------------------------------------------------------------------- scheduling
+# Rule priorities: among ready jobs Snakemake starts the higher ones first. On a few cores the critical path is
+# pretrain split -> backbone -> embeddings -> stage 1 -> stage 2 -> pseudo-labels -> the next iteration; scoring
+# and evaluation jobs (priority 0) fill the cores this path leaves idle instead of delaying it.
+PRIORITY = {"train": 100, "pseudo_labels": 90, "backbone": 80, "embeddings": 70, "pretrain_split": 60}
+
+
+def split_priority(wildcards):
+    """Jobs of the split that pretrains a backbone come first: the backbone waits for them."""
+    pretraining = any(backbone_cfg(name)["source"] == "pretrain" for name in backbone_names())
+    on_path = pretraining and (wildcards.dataset, wildcards.split) == tuple(pretrain_split())
+    return PRIORITY["pretrain_split"] if on_path else 0
+
+
 # ----------------------------------------------------------------------------- train rules' inputs and params
 def train_params(iteration, stage, member):
     """The run configuration of sedlib.training.run (--config-json): what a training run depends on. The stage

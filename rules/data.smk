@@ -56,6 +56,7 @@ rule resample:
         out_dir=lambda w: resampled_dir(w.dataset, w.split),
         sample_rate=config["audio"]["sample_rate"],
     threads: 4
+    priority: split_priority
     resources:
         mem_mb=lambda w, threads: 500 + 300 * threads,
     log:
@@ -82,6 +83,7 @@ rule validate_metadata:
                                **missing_audio_policy(w.dataset, w.split)}),
         metadata=lambda w: split_raw_path(w.dataset, w.split, "metadata"),
         provided=lambda w: split_raw_path(w.dataset, w.split, "durations"),
+    priority: split_priority
     resources:
         mem_mb=1000,
     log:

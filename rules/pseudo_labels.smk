@@ -21,6 +21,7 @@ rule predict_member_logits:
         features=lambda w: feature_dir(w.dataset, w.split),
         device=config["training"]["accelerator"],
     threads: config["training"]["threads"]
+    priority: PRIORITY["pseudo_labels"]
     resources:
         gpu=1,
         mem_mb=4000,
@@ -45,6 +46,7 @@ rule average_pseudo_labels:
     params:
         cfg=as_json({"average": config["pseudo_labels"]["average"]}),
     threads: 1
+    priority: PRIORITY["pseudo_labels"]
     resources:
         mem_mb=4000,
     log:

@@ -24,6 +24,7 @@ for _stage in (1, 2):
             inputs=lambda w, stage=_stage: as_json(train_inputs(w.iteration, stage, w.member)),
             out=lambda w, stage=_stage: stage_dir(w.iteration, stage, w.member),
         threads: config["training"]["threads"]
+        priority: PRIORITY["train"]
         resources:
             gpu=train_gpus(),
             mem_mb=8000,

@@ -63,7 +63,9 @@ class CNN(nn.Module):
             self.cnn.add_module(f"pooling{i}", nn.AvgPool2d(tuple(pool)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cnn(x)
+        # channels-last activations: the same values, 20 % less time for this CNN on one CPU thread (measured:
+        # forward + backward, batch 32, 32 mels; docs/training.md "Embedded default")
+        return self.cnn(x.contiguous(memory_format=torch.channels_last))
 
 
 class BidirectionalGRU(nn.Module):
