@@ -268,6 +268,7 @@ def test_evaluate_command_writes_the_documented_json(tmp_path, devtest, repo_roo
     config = load_config(repo_root / "workflow_config.yaml")
     config["evaluation"]["bootstrap"] = {"n": 3, "seed": 0}
     config["evaluation"]["psds_eval_thresholds"] = 5
+    config["evaluation"]["psds_eval_models"] = "all"
     inputs = {
         "splits": {"desed/devtest": {"metadata": str(meta), "durations": str(dur_file)}},
         "scores": [{"iteration": 1, "model": "m_teacher", "split": "desed/devtest", "dir": str(tmp_path / "scores")}],
@@ -294,3 +295,12 @@ def test_evaluate_command_writes_the_documented_json(tmp_path, devtest, repo_roo
         assert 0.0 <= entry[name]["psds_eval"] <= 1.0
     assert doc["packages"]["sed_scores_eval"] == "0.0.4" and doc["code_version"]["commit"]
     assert set(M.read_rocs(rocs)) == {f"iter1/m_teacher/desed/devtest/{n}" for n in M.SCENARIOS}
+    # psds_eval_models: ensembles (the embedded default) cross-checks the ensembles only, with the same values
+    config["evaluation"]["psds_eval_models"] = "ensembles"
+    inputs["scores"].append({**inputs["scores"][0], "model": "ensemble"})
+    doc, _ = M.evaluate_all(inputs, config)
+    models = doc["results"]["iter1"]
+    for name in M.SCENARIOS:
+        assert models["m_teacher"]["desed/devtest"][name]["psds_eval"] is None
+        assert models["ensemble"]["desed/devtest"][name]["psds_eval"] == entry[name]["psds_eval"]
+        assert models["m_teacher"]["desed/devtest"][name]["value"] == entry[name]["value"]

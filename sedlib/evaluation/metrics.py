@@ -257,11 +257,12 @@ def evaluate_tables(
     ground_truth: Mapping[str, list[Event]],
     durations: Mapping[str, float],
     settings: Mapping[str, Any],
+    cross_check: bool = True,
 ) -> tuple[dict[str, Any], dict[str, PSDSResult], dict[str, np.ndarray]]:
     """Every metric of one model's raw (sigmoid, unfiltered) score tables on one split.
 
-    ``settings`` is the config's ``evaluation`` section. Returns the JSON entry, the PSD-ROCs and the (n,)
-    bootstrap PSDS samples by scenario.
+    ``settings`` is the config's ``evaluation`` section; ``cross_check``: compute the psds_eval value too (else
+    None). Returns the JSON entry, the PSD-ROCs and the (n,) bootstrap PSDS samples by scenario.
     """
     timings: dict[str, float] = {}
     gt, dur = clips_with_events(ground_truth, durations)
@@ -277,8 +278,9 @@ def evaluate_tables(
         "events": sum(len(events) for events in gt.values()),
         "hours": sum(dur.values()) / 3600.0,
     }
-    with stopwatch(timings, "psds_eval_tables"):
-        detections = detection_tables(tables, operating_thresholds(settings["psds_eval_thresholds"]))
+    if cross_check:
+        with stopwatch(timings, "psds_eval_tables"):
+            detections = detection_tables(tables, operating_thresholds(settings["psds_eval_thresholds"]))
     boot = settings["bootstrap"]
     rocs, bootstrap = {}, {}
     with stopwatch(timings, "psds_detections"):
@@ -289,14 +291,16 @@ def evaluate_tables(
             result = psds_from_deltas(deltas)
         with stopwatch(timings, f"{name}_bootstrap"):
             samples = bootstrap_psds(deltas, boot["n"], boot["seed"])
-        with stopwatch(timings, f"{name}_psds_eval"):
-            cross_check = psds_eval_value(detections, gt, dur, scenario)
+        reference = None
+        if cross_check:
+            with stopwatch(timings, f"{name}_psds_eval"):
+                reference = psds_eval_value(detections, gt, dur, scenario)
         entry[name] = {
             "value": result.value,
             "ci95": confidence_interval(samples),
             "bootstrap_std": float(np.std(samples, ddof=1)) if len(samples) > 1 else None,
             "per_class": result.per_class,
-            "psds_eval": cross_check,
+            "psds_eval": reference,
         }
         rocs[name] = result
         bootstrap[name] = samples
@@ -409,7 +413,9 @@ def _evaluate_job(job: tuple[dict, SplitTruth, dict]) -> tuple[dict, dict, dict]
         tables = {clip: select_classes(t, truth.classes) for clip, t in read_score_dir(score["dir"], truth.clips).items()}
     if truth.metric == "psds":
         split_settings = {**settings, "median_window": truth.windows}
-        entry, rocs, bootstrap = evaluate_tables(tables, truth.ground_truth, truth.durations, split_settings)
+        which = settings.get("psds_eval_models", "all")
+        cross_check = which == "all" or (which == "ensembles" and score["model"] == "ensemble")
+        entry, rocs, bootstrap = evaluate_tables(tables, truth.ground_truth, truth.durations, split_settings, cross_check)
         if "csebbs" in score:  # cSEBBs-post-processed tables of the same model and split, beside the median filter
             csebbs = {clip: select_classes(t, truth.classes) for clip, t in read_score_dir(score["csebbs"]["dir"], sorted(tables)).items()}
             entry["csebbs"] = {"params": score["csebbs"]["params"],

@@ -165,8 +165,9 @@ def psds_rows(document: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
         row = [iteration, model, split, str(entry["clips"])]
         for name in SCENARIOS:
             ci = entry[name]["ci95"]
+            reference = entry[name]["psds_eval"]
             row += [f"{entry[name]['value']:.4f}", f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "-",
-                    f"{entry[name]['psds_eval']:.4f}"]
+                    "-" if reference is None else f"{reference:.4f}"]
         row.append(f"{entry['f1']['macro']:.4f}")
         rows.append(row)
     return header, rows
