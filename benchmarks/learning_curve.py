@@ -33,9 +33,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sedlib.config import load_config  # noqa: E402
+from sedlib.config import load_config, output_classes, scored_classes  # noqa: E402
 from sedlib.evaluation.metrics import SCENARIOS, clips_with_events, psds, read_ground_truth  # noqa: E402
-from sedlib.evaluation.postprocess import postprocess_tables  # noqa: E402
+from sedlib.evaluation.postprocess import postprocess_tables, select_classes  # noqa: E402
 from sedlib.evaluation.scoring import clip_id, load_wave, predict_logits, read_split_durations, tables_from_logits  # noqa: E402
 from sedlib.features.frontends import build_frontends  # noqa: E402
 from sedlib.io import write_json  # noqa: E402
@@ -67,7 +67,10 @@ class ScoredSplit:
         raw = root / "raw" if cfg["source"] == "synthetic" else Path(cfg["root"])
         durations = read_split_durations(root / split / "durations.tsv")
         ground_truth = read_ground_truth(raw / cfg["splits"][split]["metadata"])
-        self.classes, self.median_window = cfg["classes"], config["evaluation"]["median_window"]
+        # the model's outputs (the union of every dataset's classes); the split is scored on its dataset's classes
+        self.outputs, self.classes = output_classes(config), scored_classes(config, dataset)
+        windows = config["evaluation"]["median_window"]
+        self.median_window = [windows[self.outputs.index(c)] for c in self.classes]
         self.window_s, self.hop_s = config["evaluation"]["window_seconds"], config["evaluation"]["hop_seconds"]
         self.durations = durations
         self.ground_truth, self.clip_durations = clips_with_events(
@@ -83,8 +86,9 @@ class ScoredSplit:
         logits = [predict_logits(model, frontends, self.waves[n], self.window_s, self.hop_s, torch.device("cpu"))
                   for n in names]  # fmt: skip
         model.train(was_training)
-        tables = tables_from_logits(names, logits, self.durations, self.classes, frame_hop)
-        tables = postprocess_tables({c: tables[c] for c in self.ground_truth}, self.median_window)
+        tables = tables_from_logits(names, logits, self.durations, self.outputs, frame_hop)
+        tables = {c: select_classes(tables[c], self.classes) for c in self.ground_truth}
+        tables = postprocess_tables(tables, self.median_window)
         return {name: psds(tables, self.ground_truth, self.clip_durations, s).value for name, s in SCENARIOS.items()}
 
 

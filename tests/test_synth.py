@@ -13,7 +13,7 @@ from sedlib.data import synth
 from sedlib.data.metadata import read_weak, validate_metadata
 from sedlib.io import sha256_file
 
-SR = 44100
+SR = 44100  # rate of the class-level checks below (their spectra reach 16 kHz)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,8 @@ def generated(dataset, tmp_path_factory):
 def test_layout_formats_and_manifest(dataset, generated):
     root, manifest = generated
     assert json.loads((root / "manifest.json").read_text()) == manifest
-    assert manifest["seed"] == 42 and manifest["sample_rate"] == SR and len(manifest["config_sha256"]) == 64
+    rate = dataset["synthetic"]["sample_rate"]  # the embedded default's (22.05 kHz)
+    assert manifest["seed"] == 42 and manifest["sample_rate"] == rate and len(manifest["config_sha256"]) == 64
     listed = {f["path"]: f for f in manifest["files"]}
     on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {"manifest.json"}
     assert set(listed) == on_disk
@@ -46,7 +47,7 @@ def test_layout_formats_and_manifest(dataset, generated):
         wavs = sorted((root / cfg["audio"]).iterdir())
         assert [p.name for p in wavs] == [f"{split}_{i:05d}.wav" for i in range(dataset["synthetic"]["sizes"][split])]
         info = sf.info(wavs[0])
-        assert (info.samplerate, info.channels, info.subtype, info.frames) == (SR, 1, "PCM_16", 10 * SR)
+        assert (info.samplerate, info.channels, info.subtype, info.frames) == (rate, 1, "PCM_16", 10 * rate)
         if cfg["labels"] == "none":
             assert cfg["metadata"] is None
             continue
