@@ -33,8 +33,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sedlib.config import load_config, output_classes, scored_classes  # noqa: E402
-from sedlib.evaluation.metrics import SCENARIOS, clips_with_events, psds, read_ground_truth  # noqa: E402
+from sedlib.config import load_config, output_classes  # noqa: E402
+from sedlib.evaluation.metrics import SCENARIOS, clips_with_events, psds, split_truth  # noqa: E402
 from sedlib.evaluation.postprocess import postprocess_tables, select_classes  # noqa: E402
 from sedlib.evaluation.scoring import clip_id, load_wave, predict_logits, read_split_durations, tables_from_logits  # noqa: E402
 from sedlib.features.frontends import build_frontends  # noqa: E402
@@ -65,16 +65,16 @@ class ScoredSplit:
         cfg = config["datasets"][dataset]
         root = workdir / "results" / "data" / dataset
         raw = root / "raw" if cfg["source"] == "synthetic" else Path(cfg["root"])
-        durations = read_split_durations(root / split / "durations.tsv")
-        ground_truth = read_ground_truth(raw / cfg["splits"][split]["metadata"])
-        # the model's outputs (the union of every dataset's classes); the split is scored on its dataset's classes
-        self.outputs, self.classes = output_classes(config), scored_classes(config, dataset)
-        windows = config["evaluation"]["median_window"]
-        self.median_window = [windows[self.outputs.index(c)] for c in self.classes]
+        durations_tsv = root / split / "durations.tsv"
+        durations = read_split_durations(durations_tsv)
+        # ground truth, scored classes and their median windows as `evaluate` reads them; the model's outputs are
+        # the union of every dataset's classes
+        truth = split_truth(ref, {"metadata": raw / cfg["splits"][split]["metadata"], "durations": durations_tsv}, config)
+        self.outputs, self.classes, self.median_window = output_classes(config), truth.classes, truth.windows
         self.window_s, self.hop_s = config["evaluation"]["window_seconds"], config["evaluation"]["hop_seconds"]
         self.durations = durations
         self.ground_truth, self.clip_durations = clips_with_events(
-            {clip_id(k): v for k, v in ground_truth.items()}, {clip_id(k): v for k, v in durations.items()})
+            truth.ground_truth, {clip_id(k): v for k, v in durations.items()})
         audio = root / split / "audio_16k"
         self.waves = {name: load_wave(audio / name, config["audio"]["sample_rate"]) for name in durations}
 

@@ -160,6 +160,10 @@ def backbone_names():
     return [name for name in config["model"]["backbones"] if name in used]
 
 
+def backbones_with_source(source):
+    return [name for name in backbone_names() if backbone_cfg(name)["source"] == source]
+
+
 def backbone_frontend(backbone):
     """The frontends section (= feature stream) that a backbone's kind reads."""
     return BACKBONE_KINDS[backbone_cfg(backbone)["kind"]]
@@ -364,8 +368,7 @@ PRIORITY = {"train": 100, "pseudo_labels": 90, "backbone": 80, "embeddings": 70,
 
 def split_priority(wildcards):
     """Jobs of the split that pretrains a backbone come first: the backbone waits for them."""
-    pretraining = any(backbone_cfg(name)["source"] == "pretrain" for name in backbone_names())
-    on_path = pretraining and (wildcards.dataset, wildcards.split) == tuple(pretrain_split())
+    on_path = bool(backbones_with_source("pretrain")) and (wildcards.dataset, wildcards.split) == tuple(pretrain_split())
     return PRIORITY["pretrain_split"] if on_path else 0
 
 

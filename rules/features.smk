@@ -13,10 +13,6 @@
 # the CRNN stream and the streams of the used backbones' frontends; embedding caches are per backbone.
 
 
-def backbones_with_source(source):
-    return [name for name in backbone_names() if backbone_cfg(name)["source"] == source]
-
-
 rule cache_features:
     input:
         durations=durations_file("{dataset}", "{split}"),
