@@ -413,7 +413,7 @@ def _evaluate_job(job: tuple[dict, SplitTruth, dict]) -> tuple[dict, dict, dict]
         tables = {clip: select_classes(t, truth.classes) for clip, t in read_score_dir(score["dir"], truth.clips).items()}
     if truth.metric == "psds":
         split_settings = {**settings, "median_window": truth.windows}
-        which = settings.get("psds_eval_models", "all")
+        which = settings["psds_eval_models"]  # the schema fills its default
         cross_check = which == "all" or (which == "ensembles" and score["model"] == "ensemble")
         entry, rocs, bootstrap = evaluate_tables(tables, truth.ground_truth, truth.durations, split_settings, cross_check)
         if "csebbs" in score:  # cSEBBs-post-processed tables of the same model and split, beside the median filter
