@@ -271,6 +271,12 @@ def eval_splits():
     return [split_ref(ref) for ref in config["evaluation"]["splits"]]
 
 
+def scored_splits():
+    """(dataset, split) that every score job writes: the evaluation splits, then cSEBBs' tune split when on."""
+    tune = [csebbs_tune_split()] if csebbs_enabled() else []
+    return eval_splits() + tune
+
+
 def eval_model_names():
     """Model names scored in every iteration, per member '{member}_stage1_teacher' (the stage-1 teacher) and
     '{member}_{teacher|student}' (stage 2, evaluation.models), then 'ensemble' (of the stage-2 teachers)."""

@@ -5,18 +5,20 @@
 # (report() flags below).
 
 
+# One job per network (and one per iteration's ensemble) scores every split: the network is loaded and torch is
+# imported once. Adding a split to evaluation.splits re-scores every model (its outputs are one job's).
 rule score_model:
     input:
         model=lambda w: scored_model_file(w.iteration, w.model),
-        durations=lambda w: durations_file(w.dataset, w.split),
+        durations=[durations_file(d, s) for d, s in scored_splits()],
     output:
-        logits=eval_logits_file("{iteration}", "{model}", "{dataset}", "{split}"),
-        scores=directory(score_dir("{iteration}", "{model}", "{dataset}", "{split}")),
+        logits=[eval_logits_file("{iteration}", "{model}", d, s) for d, s in scored_splits()],
+        scores=[directory(score_dir("{iteration}", "{model}", d, s)) for d, s in scored_splits()],
     wildcard_constraints:
         model="|".join(f"{m}_(stage1_teacher|teacher|student)" for m in member_names()),
     params:
         cfg=as_json({k: config["evaluation"][k] for k in ("window_seconds", "hop_seconds")}),
-        audio=lambda w: resampled_dir(w.dataset, w.split),
+        audio=[resampled_dir(d, s) for d, s in scored_splits()],
         which=lambda w: parse_model_name(w.model)[2],
         device=config["training"]["accelerator"],
     threads: config["training"]["threads"]
@@ -24,9 +26,9 @@ rule score_model:
         gpu=1,
         mem_mb=4000,
     log:
-        log_file("score_model", "iter{iteration}", "{model}", "{dataset}", "{split}"),
+        log_file("score_model", "iter{iteration}", "{model}"),
     benchmark:
-        benchmark_file("score_model", "iter{iteration}", "{model}", "{dataset}", "{split}")
+        benchmark_file("score_model", "iter{iteration}", "{model}")
     conda:
         SEDLIB_ENV
     shell:
@@ -38,20 +40,23 @@ rule score_model:
 
 rule score_ensemble:
     input:
-        members=lambda w: [eval_logits_file(w.iteration, f"{m}_teacher", w.dataset, w.split) for m in member_names()],
-        durations=lambda w: durations_file(w.dataset, w.split),
+        # every member's file of the first split, then of the second, ... (the score command's order)
+        members=lambda w: [
+            eval_logits_file(w.iteration, f"{m}_teacher", d, s) for d, s in scored_splits() for m in member_names()
+        ],
+        durations=[durations_file(d, s) for d, s in scored_splits()],
     output:
-        logits=eval_logits_file("{iteration}", "ensemble", "{dataset}", "{split}"),
-        scores=directory(score_dir("{iteration}", "ensemble", "{dataset}", "{split}")),
+        logits=[eval_logits_file("{iteration}", "ensemble", d, s) for d, s in scored_splits()],
+        scores=[directory(score_dir("{iteration}", "ensemble", d, s)) for d, s in scored_splits()],
     params:
         cfg=as_json({"average": config["pseudo_labels"]["average"]}),
     threads: 1
     resources:
         mem_mb=4000,
     log:
-        log_file("score_ensemble", "iter{iteration}", "{dataset}", "{split}"),
+        log_file("score_ensemble", "iter{iteration}"),
     benchmark:
-        benchmark_file("score_ensemble", "iter{iteration}", "{dataset}", "{split}")
+        benchmark_file("score_ensemble", "iter{iteration}")
     conda:
         SEDLIB_ENV
     shell:

@@ -171,7 +171,7 @@ def test_toy_backbone_trains_predicts_scores_and_ensembles_with_atst(toy_data, t
     out = tmp_path / "toy.h5"
     argv = ["predict-logits", "--model", str(tmp_path / "stage2" / "model.pt"), "--features", synth["features"],
             "--output", str(out), "--config-json", json.dumps({"network": "teacher", "hop_seconds": 5.0}),
-            "--iteration", "1", "--member", "toy", "--dataset", "fake", "--split", "synth", "--device", "cpu"]
+            "--iteration", "1", "--member", "toy", "--splits", "fake/synth", "--device", "cpu"]
     assert cli_main(argv) == 0
     stored = read_logits(out)
     assert stored.frame_hop == pytest.approx(0.064) and stored.n_frames.tolist() == [156] * 6

@@ -217,7 +217,7 @@ def test_tiny_beats_member_trains_predicts_scores_and_ensembles_with_atst(beats_
     synth = next(e for e in inputs["splits"] if e["split"] == "synth")
     argv = ["predict-logits", "--model", str(tmp_path / "stage2" / "model.pt"), "--features", synth["features"],
             "--output", str(tmp_path / "synth.h5"), "--config-json", json.dumps({"network": "teacher", "hop_seconds": 5.0}),
-            "--iteration", "1", "--member", "beats", "--dataset", "fake", "--split", "synth", "--device", "cpu"]
+            "--iteration", "1", "--member", "beats", "--splits", "fake/synth", "--device", "cpu"]
     assert cli_main(argv) == 0
     cached = read_logits(tmp_path / "synth.h5")
     assert cached.frame_hop == pytest.approx(0.064) and cached.n_frames.tolist() == [156] * 4

@@ -221,10 +221,21 @@ def run_predict(root: Path, network: str, out: Path) -> None:
     cfg = json.dumps({"network": network, "hop_seconds": 5.0})
     argv = [
         "predict-logits", "--model", str(root / "model.pt"), "--features", str(root / "features"), "--output", str(out),
-        "--config-json", cfg, "--iteration", "1", "--member", "seed1", "--dataset", "desed", "--split", "weak",
+        "--config-json", cfg, "--iteration", "1", "--member", "seed1", "--splits", "desed/weak",
         "--batch-size", "2", "--device", "cpu",
     ]  # fmt: skip
     assert cli_main(argv) == 0
+
+
+def test_predict_logits_refuses_unpaired_split_arguments(tiny_member, tmp_path, capsys):
+    root = tiny_member[0]
+    argv = ["predict-logits", "--model", str(root / "model.pt"), "--features", str(root / "features"),
+            str(root / "features"), "--output", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"), "--config-json",
+            json.dumps({"network": "teacher", "hop_seconds": 5.0}), "--iteration", "1", "--member", "seed1",
+            "--splits", "desed/weak", "--device", "cpu"]  # fmt: skip
+    assert cli_main(argv) == 2
+    assert "--splits: expected 2 values (one per --features), got 1" in capsys.readouterr().err
+    assert not (tmp_path / "a.h5").exists()
 
 
 def test_predict_logits_equals_the_models_strong_logits(tiny_member, tmp_path):
@@ -304,10 +315,10 @@ def test_dry_run_chains_iterations_through_pseudo_labels(repo_root, tmp_path):
     members = [m["name"] for m in config["training"]["members"]]
     groups = [s for ds in config["datasets"].values() for s, v in ds["splits"].items() if v["role"] in TRAIN_ROLES]
     jobs = dry_run(workdir)  # default target: the whole pipeline
-    predicted = {(w["iteration"], w["member"], w["split"]) for r, w in jobs if r == "predict_member_logits"}
+    predicted = {(w["iteration"], w["member"]) for r, w in jobs if r == "predict_member_logits"}  # every split
     averaged = {(w["iteration"], w["split"]) for r, w in jobs if r == "average_pseudo_labels"}
     # iteration 2 consumes iteration 1's pseudo-labels; the last iteration produces none
-    assert predicted == {("1", m, s) for m in members for s in groups}
+    assert predicted == {("1", m) for m in members}
     assert averaged == {("1", s) for s in groups}
     trained = {(r, w["iteration"], w["member"]) for r, w in jobs if r.startswith("train_stage")}
     assert {("train_stage2", "2", m) for m in members} <= trained

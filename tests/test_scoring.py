@@ -60,6 +60,41 @@ def test_score_model_writes_exact_logits_and_sigmoid_tables(tmp_path, split, ran
         np.testing.assert_allclose(table[stored.classes].to_numpy(), expit(direct.astype(np.float64)).T, rtol=0, atol=1e-15)
 
 
+def test_one_score_job_scores_several_splits_like_single_jobs(tmp_path, split, random_model_file, capsys):
+    """One job per network: its splits' outputs equal those of one job per split; a count mismatch is refused."""
+    (tmp_path / "zh.tsv").write_text("filename\tduration\nspeech_zh.wav\t4.2\n")
+    cfg = ["--config-json", '{"window_seconds": 10.0, "hop_seconds": 5.0}', "--iteration", "1", "--device", "cpu"]
+    model = ["--model-file", str(random_model_file), "--which", "teacher"]
+    audio = str(split / "audio_16k")
+    durations = [str(split / "durations.tsv"), str(tmp_path / "zh.tsv")]
+    assert main(["score", *model, "--audio-dir", audio, audio, "--durations", *durations, *cfg, "--logits-out",
+                 str(tmp_path / "a.h5"), str(tmp_path / "b.h5"), "--scores-out", str(tmp_path / "a"),
+                 str(tmp_path / "b")]) == 0  # fmt: skip
+    assert main(["score", *model, "--audio-dir", audio, "--durations", durations[1], *cfg, "--logits-out",
+                 str(tmp_path / "single.h5"), "--scores-out", str(tmp_path / "single")]) == 0  # fmt: skip
+    assert read_logits(tmp_path / "a.h5").filenames == ["speech_en.wav", "speech_zh.wav"]
+    together, single = read_logits(tmp_path / "b.h5"), read_logits(tmp_path / "single.h5")
+    assert together.filenames == single.filenames == ["speech_zh.wav"]
+    np.testing.assert_array_equal(together.clip("speech_zh.wav"), single.clip("speech_zh.wav"))
+    assert together.provenance["durations"] == durations[1]
+    assert sorted(read_score_dir(tmp_path / "b")) == ["speech_zh"]
+    assert main(["score", *model, "--audio-dir", audio, audio, "--durations", *durations, *cfg, "--logits-out",
+                 str(tmp_path / "c.h5"), str(tmp_path / "d.h5"), "--scores-out", str(tmp_path / "c")]) == 2  # fmt: skip
+    assert "--scores-out: expected 2 values (one per --durations), got 1" in capsys.readouterr().err
+    assert not (tmp_path / "c.h5").exists()
+    # ensemble of two members on both splits: every member's file of the first split, then of the second
+    for name in ("a", "b"):
+        shutil.copy(tmp_path / f"{name}.h5", tmp_path / f"{name}2.h5")
+    members = ["--member-logits", *(str(tmp_path / f"{name}.h5") for name in ("a", "a2", "b", "b2"))]
+    assert main(["score", *members, "--durations", *durations, "--config-json", '{"average": "logits"}',
+                 "--iteration", "1", "--logits-out", str(tmp_path / "ea.h5"), str(tmp_path / "eb.h5"),
+                 "--scores-out", str(tmp_path / "ea"), str(tmp_path / "eb")]) == 0  # fmt: skip
+    np.testing.assert_array_equal(read_logits(tmp_path / "eb.h5").clip("speech_zh.wav"), single.clip("speech_zh.wav"))
+    assert main(["score", *members[:-1], "--durations", *durations, "--config-json", '{"average": "logits"}',
+                 "--iteration", "1", "--logits-out", "x.h5", "y.h5", "--scores-out", "x", "y"]) == 2  # fmt: skip
+    assert "3 files is not a whole number of members for each of the 2 splits" in capsys.readouterr().err
+
+
 def _member_file(path, logits, n_frames, filenames):
     write_logits(path, filenames, logits.astype(np.float32), n_frames, CLASSES, 0.064, {"member": path.stem}, "member")
     return path

@@ -1,6 +1,9 @@
-"""Score tables of one model, or of the ensemble, on an evaluation split (``score`` command).
+"""Score tables of one model, or of the ensemble, on the evaluation splits (``score`` command).
 
-Model: every clip of the split's durations file is read from the 16 kHz folder, predicted with
+One job scores every split of one network: the model is loaded once (and torch, sed_scores_eval imported
+once); about 3 s of a 7 s single-split job on the embedded default were imports and loading.
+
+Model: every clip of a split's durations file is read from the 16 kHz folder, predicted with
 ``sedlib.models.windowing.predict_clip`` (10 s windows, overlap-averaged logits, normalised by the frontends
 exactly as in training) and written as
 
@@ -19,7 +22,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -104,45 +107,58 @@ def tables_from_logits(
     }
 
 
+class SplitOutputs(NamedTuple):
+    """One scored split of a ``score`` job: its clips (``durations``), the model's input audio folder (16 kHz;
+    None for the ensemble) or the members' logits files of the split (ensemble), and the two outputs."""
+
+    durations: str | Path
+    logits_out: str | Path
+    scores_out: str | Path
+    audio_dir: str | Path | None = None
+    member_logits: Sequence[str | Path] = ()
+
+
 def score_model(
     model_file: str | Path,
     which: str,
-    audio_dir: str | Path,
-    durations_tsv: str | Path,
+    splits: Sequence[SplitOutputs],
     window_s: float,
     hop_s: float,
     device: str,
-    logits_out: str | Path,
-    scores_out: str | Path,
     provenance: dict,
 ) -> None:
-    """Predict every clip of a split with one network; write its logits file and its score folder."""
+    """Predict every clip of each split with one network; write the split's logits file and score folder."""
     dev = resolve_device(device)
     model, frontends, info = load_predictor(model_file, which, dev)
-    durations = read_split_durations(durations_tsv)
-    filenames = sorted(durations)
-    logits = []
-    for k, name in enumerate(Progress(filenames, f"score {audio_dir}")):
-        path = Path(audio_dir) / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{durations_tsv}: lists {name}, but {path} does not exist")
-        logits.append(predict_logits(model, frontends, load_wave(path, frontends.crnn.sample_rate), window_s, hop_s, dev))
-        if (k + 1) % 200 == 0:
-            log.info("%d / %d clips", k + 1, len(filenames))
-    stacked, n_frames = pad_logits(logits)
-    provenance = {
-        **provenance,
-        "network": which,
-        "checkpoint": str(model_file),
-        "checkpoint_sha256": sha256_file(model_file),
-        "durations": str(durations_tsv),
-        "durations_sha256": sha256_file(durations_tsv),
-        "window_seconds": window_s,
-        "hop_seconds": hop_s,
-    }
-    write_logits(logits_out, filenames, stacked, n_frames, info["classes"], info["frame_hop"], provenance, "member")
-    write_score_dir(scores_out, tables_from_logits(filenames, logits, durations, info["classes"], info["frame_hop"]))
-    log.info("%s (%s): %d clips -> %s", model_file, which, len(filenames), scores_out)
+    checkpoint_sha256 = sha256_file(model_file)
+    for split in splits:
+        durations = read_split_durations(split.durations)
+        filenames = sorted(durations)
+        logits = []
+        for k, name in enumerate(Progress(filenames, f"score {split.audio_dir}")):
+            path = Path(split.audio_dir) / name
+            if not path.is_file():
+                raise FileNotFoundError(f"{split.durations}: lists {name}, but {path} does not exist")
+            wave = load_wave(path, frontends.crnn.sample_rate)
+            logits.append(predict_logits(model, frontends, wave, window_s, hop_s, dev))
+            if (k + 1) % 200 == 0:
+                log.info("%d / %d clips", k + 1, len(filenames))
+        stacked, n_frames = pad_logits(logits)
+        split_provenance = {
+            **provenance,
+            "network": which,
+            "checkpoint": str(model_file),
+            "checkpoint_sha256": checkpoint_sha256,
+            "durations": str(split.durations),
+            "durations_sha256": sha256_file(split.durations),
+            "window_seconds": window_s,
+            "hop_seconds": hop_s,
+        }
+        write_logits(split.logits_out, filenames, stacked, n_frames, info["classes"], info["frame_hop"],
+                     split_provenance, "member")  # fmt: skip
+        tables = tables_from_logits(filenames, logits, durations, info["classes"], info["frame_hop"])
+        write_score_dir(split.scores_out, tables)
+        log.info("%s (%s): %d clips -> %s", model_file, which, len(filenames), split.scores_out)
 
 
 def score_ensemble(
@@ -153,7 +169,8 @@ def score_ensemble(
     logits_out: str | Path,
     scores_out: str | Path,
 ) -> None:
-    """Average the members' logits files (``mode``: logits | probabilities); write the ensemble's logits and scores."""
+    """Average the members' logits files of one split (``mode``: logits | probabilities); write the ensemble's
+    logits and scores."""
     average_files(member_logits, logits_out, mode, iteration)
     ensemble = read_logits(logits_out)
     durations = read_split_durations(durations_tsv)
@@ -167,33 +184,56 @@ def score_ensemble(
     log.info("ensemble of %d members (%s): %d clips -> %s", len(member_logits), mode, len(clips), scores_out)
 
 
+def split_outputs(args: argparse.Namespace) -> list[SplitOutputs]:
+    """The scored splits of the command line: ``--durations``, ``--logits-out``, ``--scores-out`` and
+    ``--audio-dir`` (model) give one value per split, in the same order; ``--member-logits`` (ensemble) gives
+    the members' files split after split (members x splits values)."""
+    n = len(args.durations)
+    for flag in ("logits_out", "scores_out", *(("audio_dir",) if args.model_file else ())):
+        if len(getattr(args, flag)) != n:
+            raise ValueError(f"score: --{flag.replace('_', '-')}: expected {n} values (one per --durations), "
+                             f"got {len(getattr(args, flag))}")  # fmt: skip
+    members: list[Sequence[str]] = [()] * n
+    if args.member_logits:
+        if len(args.member_logits) % n:
+            raise ValueError(f"score: --member-logits: {len(args.member_logits)} files is not a whole number of "
+                             f"members for each of the {n} splits")  # fmt: skip
+        per_split = len(args.member_logits) // n
+        members = [args.member_logits[k * per_split : (k + 1) * per_split] for k in range(n)]
+    audio = args.audio_dir or [None] * n
+    return [SplitOutputs(*paths) for paths in zip(args.durations, args.logits_out, args.scores_out, audio, members)]
+
+
 def configure_score(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model-file", help="model.pt (or an ATST-SED checkpoint) to predict with")
-    source.add_argument("--member-logits", nargs="+", help="members' logits files to average (ensemble)")
+    source.add_argument("--member-logits", nargs="+",
+                        help="members' logits files to average (ensemble): every member's file of the first split, "
+                             "then of the second, ...")
     parser.add_argument("--which", choices=("teacher", "student"), default="teacher", help="network of --model-file")
-    parser.add_argument("--audio-dir", help="16 kHz audio folder of the split (with --model-file)")
-    parser.add_argument("--durations", required=True, help="durations.tsv of the split (the clips to score)")
+    parser.add_argument("--audio-dir", nargs="+", help="16 kHz audio folder of each split (with --model-file)")
+    parser.add_argument("--durations", nargs="+", required=True, help="durations.tsv of each split (the clips to score)")
     parser.add_argument("--config-json", required=True,
                         help='{"window_seconds", "hop_seconds"} (model) or {"average"} (ensemble)')
     parser.add_argument("--iteration", type=int, required=True)
-    parser.add_argument("--logits-out", required=True, help="logits file (.h5) to write")
-    parser.add_argument("--scores-out", required=True, help="score folder to write")
+    parser.add_argument("--logits-out", nargs="+", required=True, help="logits file (.h5) to write, per split")
+    parser.add_argument("--scores-out", nargs="+", required=True, help="score folder to write, per split")
     parser.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | gpu | cuda[:i]")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch")
 
     def run(args: argparse.Namespace) -> int:
         cfg = json.loads(args.config_json)
-        if args.member_logits:
-            score_ensemble(args.member_logits, cfg["average"], args.iteration, args.durations,
-                           args.logits_out, args.scores_out)
-            return 0
-        if not args.audio_dir:
+        if args.model_file and not args.audio_dir:
             raise ValueError("score: --audio-dir is required with --model-file")
+        splits = split_outputs(args)
+        if args.member_logits:
+            for split in splits:
+                score_ensemble(split.member_logits, cfg["average"], args.iteration, split.durations,
+                               split.logits_out, split.scores_out)  # fmt: skip
+            return 0
         torch.set_num_threads(args.threads)
-        provenance = {"iteration": args.iteration}
-        score_model(args.model_file, args.which, args.audio_dir, args.durations, cfg["window_seconds"],
-                    cfg["hop_seconds"], args.device, args.logits_out, args.scores_out, provenance)
+        score_model(args.model_file, args.which, splits, cfg["window_seconds"], cfg["hop_seconds"], args.device,
+                    {"iteration": args.iteration})  # fmt: skip
         return 0
 
     return run

@@ -1,4 +1,4 @@
-"""Strong logits of one trained member for every clip of a training split (``predict-logits``).
+"""Strong logits of one trained member for every clip of the training splits (``predict-logits``).
 
 Input: a stage-2 ``model.pt`` and the split's feature cache (linear mels, see :mod:`sedlib.features.cache`).
 The network that predicts is the member's **teacher** (EMA weights) by default, or its student
@@ -159,26 +159,34 @@ def predict_split(
 
 def configure_predict_logits(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     parser.add_argument("--model", required=True, help="stage-2 model.pt of the member")
-    parser.add_argument("--features", required=True, help="feature cache folder of the split")
-    parser.add_argument("--output", required=True, help="member logits file (.h5)")
+    parser.add_argument("--features", nargs="+", required=True, help="feature cache folder of each split")
+    parser.add_argument("--output", nargs="+", required=True, help="member logits file (.h5) of each split")
     parser.add_argument("--config-json", required=True, help='{"network": "teacher"|"student", "hop_seconds": s}')
     parser.add_argument("--iteration", type=int, required=True)
     parser.add_argument("--member", required=True)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--split", required=True)
+    parser.add_argument("--splits", nargs="+", required=True, help="dataset/split of each split (provenance)")
     parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
     parser.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | gpu | cuda[:i]")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch")
 
     def run(args: argparse.Namespace) -> int:
+        """One job per member: every training split, in the order given (one model load, one torch import)."""
         cfg = json.loads(args.config_json)
+        for flag in ("output", "splits"):
+            if len(getattr(args, flag)) != len(args.features):
+                raise ValueError(f"predict-logits: --{flag}: expected {len(args.features)} values (one per "
+                                 f"--features), got {len(getattr(args, flag))}")  # fmt: skip
+        refs = [ref.split("/") for ref in args.splits]
+        if any(len(ref) != 2 for ref in refs):
+            raise ValueError(f"predict-logits: --splits: expected dataset/split values, got {args.splits}")
         torch.set_num_threads(args.threads)
         torch.use_deterministic_algorithms(True, warn_only=True)
-        provenance = {"iteration": args.iteration, "member": args.member, "dataset": args.dataset, "split": args.split}
-        predict_split(
-            args.model, args.features, args.output, cfg["network"], cfg["hop_seconds"],
-            args.batch_size, args.device, provenance,
-        )  # fmt: skip
+        for features, output, (dataset, split) in zip(args.features, args.output, refs):
+            provenance = {"iteration": args.iteration, "member": args.member, "dataset": dataset, "split": split}
+            predict_split(
+                args.model, features, output, cfg["network"], cfg["hop_seconds"], args.batch_size, args.device,
+                provenance,
+            )  # fmt: skip
         return 0
 
     return run
