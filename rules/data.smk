@@ -55,7 +55,7 @@ rule resample:
         audio=lambda w: split_raw_path(w.dataset, w.split, "audio"),
         out_dir=lambda w: resampled_dir(w.dataset, w.split),
         sample_rate=config["audio"]["sample_rate"],
-    threads: 4
+    threads: config["audio"]["threads"]  # worker processes
     priority: split_priority
     resources:
         mem_mb=lambda w, threads: 500 + 300 * threads,

@@ -23,7 +23,7 @@ rule cache_features:
         audio=lambda w: resampled_dir(w.dataset, w.split),
         out=lambda w: feature_dir(w.dataset, w.split),
         cfg=as_json({"frontends": {"crnn": config["frontends"]["crnn"]}, "audio": config["audio"]}),
-    threads: 2
+    threads: config["audio"]["threads"]
     priority: split_priority
     resources:
         mem_mb=4000,
@@ -52,7 +52,7 @@ rule cache_stream:
         audio=lambda w: resampled_dir(w.dataset, w.split),
         out=lambda w: feature_dir(w.dataset, w.split),
         cfg=lambda w: as_json({"frontends": {w.stream: config["frontends"][w.stream]}, "audio": config["audio"]}),
-    threads: 2
+    threads: config["audio"]["threads"]
     priority: split_priority
     resources:
         mem_mb=4000,
