@@ -369,7 +369,8 @@ def pretrain_split():
 # Rule priorities: among ready jobs Snakemake starts the higher ones first. On a few cores the critical path is
 # pretrain split -> backbone -> embeddings -> stage 1 -> stage 2 -> pseudo-labels -> the next iteration; scoring
 # and evaluation jobs (priority 0) fill the cores this path leaves idle instead of delaying it.
-PRIORITY = {"train": 100, "pseudo_labels": 90, "backbone": 80, "embeddings": 70, "pretrain_split": 60}
+PRIORITY = {"train": 100, "pseudo_labels": 90, "backbone": 80, "embeddings": 70, "pretrain_split": 60,
+            "synthesize": 60}
 
 
 def split_priority(wildcards):

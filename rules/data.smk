@@ -13,6 +13,9 @@ rule synthesize:
         cfg=lambda w: as_json({"seed": config["seed"], "dataset": dataset_cfg(w.dataset)}),
         root=lambda w: raw_root(w.dataset),
     threads: 8
+    # every dataset's synthesis before the backbone: run later, the MAESTRO-like one (10 s) and its data jobs
+    # (25 s) waited for the 2-thread pretraining and delayed stage 1 by 34 s
+    priority: PRIORITY["synthesize"]
     resources:
         mem_mb=lambda w, threads: 1000 + 300 * threads,
     log:

@@ -304,3 +304,19 @@ def test_evaluate_command_writes_the_documented_json(tmp_path, devtest, repo_roo
         assert models["m_teacher"]["desed/devtest"][name]["psds_eval"] is None
         assert models["ensemble"]["desed/devtest"][name]["psds_eval"] == entry[name]["psds_eval"]
         assert models["m_teacher"]["desed/devtest"][name]["value"] == entry[name]["value"]
+    # last_ensemble (the embedded default): only the last evaluated iteration's ensemble, with the same value
+    inputs["scores"].append({**inputs["scores"][0], "iteration": 2, "model": "ensemble"})
+    config["evaluation"]["psds_eval_models"] = "last_ensemble"
+    doc, _ = M.evaluate_all(inputs, config, jobs=2)
+    for name in M.SCENARIOS:
+        assert doc["results"]["iter1"]["ensemble"]["desed/devtest"][name]["psds_eval"] is None
+        assert doc["results"]["iter2"]["ensemble"]["desed/devtest"][name]["psds_eval"] == entry[name]["psds_eval"]
+        assert doc["results"]["iter1"]["m_teacher"]["desed/devtest"][name]["value"] == entry[name]["value"]
+
+
+def test_cross_checked_entries():
+    scores = [{"iteration": i, "model": m} for i in (1, 2) for m in ("a_teacher", "ensemble")]
+    assert M.cross_checked(scores, "all") == [True] * 4
+    assert M.cross_checked(scores, "ensembles") == [False, True, False, True]
+    assert M.cross_checked(scores, "last_ensemble") == [False, False, False, True]
+    assert M.cross_checked(scores, "none") == [False] * 4

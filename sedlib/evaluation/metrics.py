@@ -406,15 +406,25 @@ def split_truth(ref: str, paths: Mapping[str, str], config: dict) -> SplitTruth:
     return SplitTruth("psds", classes, windows, ground_truth, durations, clips)
 
 
-def _evaluate_job(job: tuple[dict, SplitTruth, dict]) -> tuple[dict, dict, dict]:
-    score, truth, settings = job
+def cross_checked(scores: Sequence[Mapping[str, Any]], which: str) -> list[bool]:
+    """Which score entries get the psds_eval cross-check (``evaluation.psds_eval_models``): all, the ensembles,
+    the last evaluated iteration's ensemble, or none."""
+    last = max((int(score["iteration"]) for score in scores), default=0)
+    return [
+        which == "all"
+        or (which == "ensembles" and score["model"] == "ensemble")
+        or (which == "last_ensemble" and score["model"] == "ensemble" and int(score["iteration"]) == last)
+        for score in scores
+    ]
+
+
+def _evaluate_job(job: tuple[dict, SplitTruth, dict, bool]) -> tuple[dict, dict, dict]:
+    score, truth, settings, cross_check = job
     timings: dict[str, float] = {}
     with stopwatch(timings, "read_scores"):
         tables = {clip: select_classes(t, truth.classes) for clip, t in read_score_dir(score["dir"], truth.clips).items()}
     if truth.metric == "psds":
         split_settings = {**settings, "median_window": truth.windows}
-        which = settings["psds_eval_models"]  # the schema fills its default
-        cross_check = which == "all" or (which == "ensembles" and score["model"] == "ensemble")
         entry, rocs, bootstrap = evaluate_tables(tables, truth.ground_truth, truth.durations, split_settings, cross_check)
         if "csebbs" in score:  # cSEBBs-post-processed tables of the same model and split, beside the median filter
             csebbs = {clip: select_classes(t, truth.classes) for clip, t in read_score_dir(score["csebbs"]["dir"], sorted(tables)).items()}
@@ -445,10 +455,14 @@ def evaluate_all(
     start_all = time.perf_counter()
     settings = config["evaluation"]
     truth = {ref: split_truth(ref, paths, config) for ref, paths in inputs["splits"].items()}
-    work = [(score, truth[score["split"]], settings) for score in inputs["scores"]]
+    checks = cross_checked(inputs["scores"], settings["psds_eval_models"])
+    work = [(score, truth[score["split"]], settings, check) for score, check in zip(inputs["scores"], checks)]
     if jobs > 1 and len(work) > 1:
+        # the cross-checked entries take several times longer: first, so that the workers finish together
+        order = sorted(range(len(work)), key=lambda k: not checks[k])
         with ProcessPoolExecutor(max_workers=min(jobs, len(work))) as pool:
-            outputs = list(pool.map(_evaluate_job, work))
+            done = dict(zip(order, pool.map(_evaluate_job, [work[k] for k in order])))
+        outputs = [done[k] for k in range(len(work))]
     else:
         outputs = [_evaluate_job(job) for job in work]
 
