@@ -1,10 +1,11 @@
-"""argparse value types that reject out-of-range command options; argparse's error names the option."""
+"""argparse value types that reject out-of-range command options (argparse's error names the option), and the
+check that per-split list options of a command pair up."""
 
 from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 
 def bounded(
@@ -39,3 +40,15 @@ FRACTION = bounded(float, 0, 1, high_open=True)
 POSITIVE = bounded(float, 0, low_open=True)
 POSITIVE_INT = bounded(int, 1)
 SEED = bounded(int, 0)
+
+
+def paired_lengths(command: str, args: argparse.Namespace, reference: str, others: Sequence[str]) -> int:
+    """The number of values of the list option ``reference`` (an argparse dest, e.g. ``durations``); a
+    ValueError naming the option when one of ``others`` has another number of values (one per split each)."""
+    n = len(getattr(args, reference))
+    for dest in others:
+        got = len(getattr(args, dest))
+        if got != n:
+            raise ValueError(f"{command}: --{dest.replace('_', '-')}: expected {n} values (one per "
+                             f"--{reference.replace('_', '-')}), got {got}")  # fmt: skip
+    return n

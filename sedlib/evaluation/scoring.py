@@ -32,6 +32,7 @@ from sedlib.data.resample import read_mono, resample_mono
 from sedlib.evaluation.postprocess import probabilities, score_table, write_score_dir
 from sedlib.features.frontends import Frontends, build_frontends
 from sedlib.io import sha256_file
+from sedlib.options import paired_lengths
 from sedlib.models.checkpoint import load_sed_model
 from sedlib.models.windowing import predict_clip
 from sedlib.pseudo.ensemble import average_files
@@ -188,11 +189,8 @@ def split_outputs(args: argparse.Namespace) -> list[SplitOutputs]:
     """The scored splits of the command line: ``--durations``, ``--logits-out``, ``--scores-out`` and
     ``--audio-dir`` (model) give one value per split, in the same order; ``--member-logits`` (ensemble) gives
     the members' files split after split (members x splits values)."""
-    n = len(args.durations)
-    for flag in ("logits_out", "scores_out", *(("audio_dir",) if args.model_file else ())):
-        if len(getattr(args, flag)) != n:
-            raise ValueError(f"score: --{flag.replace('_', '-')}: expected {n} values (one per --durations), "
-                             f"got {len(getattr(args, flag))}")  # fmt: skip
+    paired = ["logits_out", "scores_out", *(["audio_dir"] if args.model_file else [])]
+    n = paired_lengths("score", args, "durations", paired)
     members: list[Sequence[str]] = [()] * n
     if args.member_logits:
         if len(args.member_logits) % n:

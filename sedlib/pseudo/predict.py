@@ -32,7 +32,9 @@ import torch
 
 from sedlib.features.cache import open_feature_cache
 from sedlib.features.frontends import Frontends, build_frontends, frames_per_clip
+from sedlib.config import split_ref
 from sedlib.io import sha256_file
+from sedlib.options import paired_lengths
 from sedlib.models.checkpoint import load_sed_model
 from sedlib.models.crnn import CRNN
 from sedlib.devices import resolve_device
@@ -172,13 +174,10 @@ def configure_predict_logits(parser: argparse.ArgumentParser) -> Callable[[argpa
     def run(args: argparse.Namespace) -> int:
         """One job per member: every training split, in the order given (one model load, one torch import)."""
         cfg = json.loads(args.config_json)
-        for flag in ("output", "splits"):
-            if len(getattr(args, flag)) != len(args.features):
-                raise ValueError(f"predict-logits: --{flag}: expected {len(args.features)} values (one per "
-                                 f"--features), got {len(getattr(args, flag))}")  # fmt: skip
-        refs = [ref.split("/") for ref in args.splits]
-        if any(len(ref) != 2 for ref in refs):
+        paired_lengths("predict-logits", args, "features", ["output", "splits"])
+        if any(ref.count("/") != 1 for ref in args.splits):
             raise ValueError(f"predict-logits: --splits: expected dataset/split values, got {args.splits}")
+        refs = [split_ref(ref) for ref in args.splits]
         torch.set_num_threads(args.threads)
         torch.use_deterministic_algorithms(True, warn_only=True)
         for features, output, (dataset, split) in zip(args.features, args.output, refs):
