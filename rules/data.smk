@@ -110,6 +110,7 @@ rule split_weak:
     params:
         val_fraction=lambda w: split_cfg(w.dataset, w.split)["val_fraction"],
         seed=config["seed"],
+    priority: split_priority
     resources:
         mem_mb=500,
     log:

@@ -12,14 +12,14 @@ import pytest
 import torch
 import yaml
 from scipy.special import expit
-from sed_scores_eval.base_modules.io import read_sed_scores
+from sed_scores_eval.base_modules.io import read_sed_scores, write_sed_scores
 
 from sedlib.cli import main
 from sedlib.data.labels import n_output_frames
-from sedlib.evaluation.postprocess import read_score_dir
+from sedlib.evaluation.postprocess import probabilities, read_score_dir, score_table, score_table_text, write_score_dir
 from sedlib.evaluation.scoring import load_predictor, load_wave, score_ensemble
 from sedlib.devices import resolve_device
-from sedlib.models.windowing import predict_clip
+from sedlib.models.windowing import predict_clip, predict_clips
 from sedlib.pseudo.store import read_logits, write_logits
 
 CLASSES = [f"c{k}" for k in range(3)]
@@ -50,10 +50,14 @@ def test_score_model_writes_exact_logits_and_sigmoid_tables(tmp_path, split, ran
     model, frontends, _ = load_predictor(random_model_file, "student", resolve_device("cpu"))
     tables = read_score_dir(scores_out)
     assert sorted(tables) == ["speech_en", "speech_zh"]
-    for name, duration in (("speech_en.wav", 10.0), ("speech_zh.wav", 4.2)):
-        wave = torch.from_numpy(load_wave(split / "audio_16k" / name, 16000))
-        direct = predict_clip(model, frontends, wave, 10.0, 5.0).numpy()
+    names = ("speech_en.wav", "speech_zh.wav")
+    waves = [torch.from_numpy(load_wave(split / "audio_16k" / name, 16000)) for name in names]
+    batched = predict_clips(model, frontends, waves, 10.0, 5.0)  # the job's batch: both clips' windows together
+    for name, duration, wave, together in zip(names, (10.0, 4.2), waves, batched):
+        direct = together.numpy()
         np.testing.assert_array_equal(stored.clip(name), direct)
+        # a clip predicted alone differs only by float rounding
+        np.testing.assert_allclose(predict_clip(model, frontends, wave, 10.0, 5.0).numpy(), direct, rtol=0, atol=1e-5)
         table = tables[name[:-4]]
         assert len(table) == n_output_frames(duration, 256, 16000, 4) == direct.shape[1]  # 156 / 65 frames
         assert table["onset"].iloc[0] == 0.0 and table["offset"].iloc[-1] <= duration
@@ -181,3 +185,19 @@ def test_evaluation_rules_end_to_end(tmp_path, copy_workflow, shared_data, rando
     assert "Claims" in table and "iter1/seed1_stage1_teacher" in table
     report = (root / "results/report.html").read_text()
     assert "metrics_table.html" in report and "psd_roc_comparison.png" in report
+
+
+def test_score_table_text_is_byte_identical_to_sed_scores_eval(tmp_path):
+    """The fast writer writes exactly what sed_scores_eval's write_sed_scores (pandas to_csv) writes."""
+    rng = np.random.default_rng(0)
+    for k in range(40):
+        frames, n_classes = int(rng.integers(1, 300)), int(rng.integers(1, 30))
+        logits = (rng.standard_normal((n_classes, frames)) * rng.choice([1.0, 8.0, 40.0])).astype(np.float32)
+        table = score_table(probabilities(logits), [f"class {c}" for c in range(n_classes)], 0.064,
+                            frames * 0.064 - 0.01 * rng.random())  # fmt: skip
+        write_sed_scores(table, tmp_path / f"{k}.tsv")
+        assert score_table_text(table).encode() == (tmp_path / f"{k}.tsv").read_bytes()
+    table.iloc[0, 2] = np.nan
+    with pytest.raises(ValueError, match="clip bad: score table: non-finite"):
+        write_score_dir(tmp_path / "scores", {"good": table.fillna(0.5), "bad": table})
+    assert not (tmp_path / "scores").exists()  # all or nothing

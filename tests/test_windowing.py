@@ -14,7 +14,7 @@ from sedlib.data.labels import n_output_frames
 from sedlib.features.frontends import Frontends, build_frontends
 from sedlib.models import build_sed_model
 from sedlib.models.crnn import SEDOutput
-from sedlib.models.windowing import predict_clip, window_layout
+from sedlib.models.windowing import predict_clip, predict_clips, window_layout
 
 SR, HOP, POOL = 16000, 256, 4
 FRAME = HOP * POOL  # samples per output frame (64 ms)
@@ -122,3 +122,17 @@ def test_a_clip_of_an_exact_multiple_of_the_output_hop_has_no_frame_starting_at_
     n = n_output_frames(7.68, 1024, 16000, 1)  # the last, partial MAESTRO chunk of a 77.68 s recording
     assert n == 120
     assert frame_timestamps(n, 0.064, 7.68)[-1] == 7.68
+
+
+def test_several_waves_in_one_batch_equal_each_wave_alone():
+    """predict_clips batches windows of different clips together; each clip's logits are those of predict_clip,
+    and on_progress adds up to the total duration."""
+    waves = [torch.sin(torch.arange(int(s * SR), dtype=torch.float64) / (300.0 + 50 * k)) + k
+             for k, s in enumerate((23.456, 4.2, 10.0, 14.7))]  # fmt: skip
+    reported = []
+    together = predict_clips(FrameMeanModel(add_window_mean=True), IDENTITY, waves, 10.0, 5.0, batch_size=3,
+                             on_progress=reported.append)  # fmt: skip
+    assert len(together) == len(waves) and len(reported) == 3  # 4 + 1 + 1 + 2 windows in batches of 3
+    assert sum(reported) == pytest.approx(23.456 + 4.2 + 10.0 + 14.7)
+    for wave, logits in zip(waves, together):
+        torch.testing.assert_close(logits, predict_clip(FrameMeanModel(add_window_mean=True), IDENTITY, wave), rtol=0, atol=0)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy.ndimage import median_filter
 from scipy.special import expit
-from sed_scores_eval.base_modules.io import read_sed_scores, write_sed_scores
+from sed_scores_eval.base_modules.io import read_sed_scores
 from sed_scores_eval.base_modules.scores import create_score_dataframe, validate_score_dataframe
 
 from sedlib.io import atomic_path
@@ -143,12 +143,33 @@ def events_dataframe(events: Mapping[str, list[Event]], suffix: str = "") -> pd.
     return pd.DataFrame(rows, columns=["filename", "onset", "offset", "event_label"])
 
 
+def score_table_text(table: pd.DataFrame) -> str:
+    """The TSV text of a score table, byte-identical to sed_scores_eval's ``write_sed_scores`` (pandas
+    ``to_csv(sep="\\t", index=False)``: header, then each float64 as its shortest round-trip repr) in about a
+    tenth of the time (11 ms for a 156 x 29 table there; 262 tables were 3 s of a 15 s ``score`` job).
+
+    Raises ValueError for an invalid table or a non-finite value (pandas would write NaN as an empty field).
+    """
+    validate_score_dataframe(table)
+    values = table.to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("score table: non-finite values (NaN or inf) cannot be written")
+    lines = ["\t".join(map(str, table.columns))]
+    lines += ["\t".join(map(repr, row)) for row in values.tolist()]
+    return "\n".join(lines) + "\n"
+
+
 def write_score_dir(path: str | Path, tables: Mapping[str, pd.DataFrame]) -> None:
     """Write one ``{clip}.tsv`` score table per clip into the folder ``path``, atomically (all or nothing)."""
     if not tables:
         raise ValueError(f"{path}: no score tables to write")
     with atomic_path(path, is_dir=True) as tmp:
-        write_sed_scores(dict(tables), tmp)
+        for clip, table in tables.items():
+            try:
+                text = score_table_text(table)
+            except ValueError as exc:
+                raise ValueError(f"{path}: clip {clip}: {exc}") from None
+            (tmp / f"{clip}.tsv").write_text(text)
 
 
 def read_score_dir(path: str | Path, clips: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
