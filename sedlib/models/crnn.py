@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sedlib.models.backbone import Backbone
+from sedlib.models.gru import bidirectional_gru
 
 
 class SEDOutput(NamedTuple):
@@ -74,7 +75,8 @@ class BidirectionalGRU(nn.Module):
         self.rnn = nn.GRU(n_in, n_hidden, num_layers=num_layers, bidirectional=True, batch_first=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.rnn(x)[0]
+        """(B, T, n_in) -> (B, T, 2 * n_hidden); on CPU with gradients the backward is sedlib.models.gru's."""
+        return bidirectional_gru(x, self.rnn)
 
 
 class BackboneWrapper(nn.Module):
