@@ -5,7 +5,7 @@ replays them one by one (the embedded CRNN, 16 clips x 156 frames, 64 units: abo
 100 ms forward + backward on one thread, docs/training.md). Here the forward pass is ``nn.GRU``'s own kernel
 (``torch.gru``, so outputs are bit-identical), and the backward pass recomputes the gates for every frame at
 once from the saved outputs and runs the recursion with 3 operations per frame, both directions together.
-Gradients equal autograd's up to float rounding (tests/test_models.py checks float64 to 1e-12).
+Gradients equal autograd's up to float rounding (tests/test_gru.py checks float64 to 1e-12).
 
 Used only where it pays: on CPU, float32 / float64, gradients enabled, no autocast. Everything else (inference,
 the teacher's forward, GPUs with cuDNN) calls ``nn.GRU`` unchanged.
@@ -68,7 +68,7 @@ class _BiGRULayer(torch.autograd.Function):
         coef = coef.view(2, steps, batch, 4, hidden).transpose(0, 1)
         # the recursion on frame-major buffers (T, 2, B, .): one contiguous (2, B, .) block per frame
         dh = _processing_order(grad_out, hidden).transpose(0, 1).contiguous()  # becomes dL/dh_t frame by frame
-        d_gates = torch.empty(steps, 2, batch, 4, hidden, dtype=coef.dtype)
+        d_gates = coef.new_empty(steps, 2, batch, 4, hidden)
         for t in range(steps - 1, -1, -1):
             d = torch.mul(coef[t], dh[t].unsqueeze(2), out=d_gates[t]).view(2, batch, 4 * hidden)
             if t:
