@@ -35,7 +35,8 @@ from sed_scores_eval.base_modules.detection import scores_to_event_list
 from sedlib.data.labels import encode_strong, n_output_frames
 from sedlib.evaluation import metrics as M
 from sedlib.evaluation.fast_psds import DetectionTrees
-from sedlib.evaluation.postprocess import events_dataframe, postprocess_tables, probabilities, score_table
+from sedlib.evaluation.postprocess import events_dataframe, postprocess_tables
+from sedlib.evaluation.score_tables import probabilities, score_table
 from sedlib.io import write_json
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,15 +22,8 @@ import pandas as pd
 import soundfile as sf
 
 from sedlib.config import load_config
-from sedlib.evaluation.postprocess import (
-    class_thresholds,
-    detect_events,
-    events_dataframe,
-    postprocess_table,
-    probabilities,
-    score_table,
-    write_score_dir,
-)
+from sedlib.evaluation.postprocess import class_thresholds, detect_events, events_dataframe, postprocess_table
+from sedlib.evaluation.score_tables import probabilities, score_table, write_score_dir
 from sedlib.evaluation.scoring import clip_id, load_predictor, load_wave, predict_logits
 from sedlib.io import atomic_path
 from sedlib.options import POSITIVE, POSITIVE_INT, PROBABILITY

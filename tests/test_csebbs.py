@@ -17,6 +17,7 @@ from sedlib.cli import main as cli_main
 from sedlib.config import ConfigError, load_config, validate_config
 from sedlib.evaluation import metrics as M
 from sedlib.evaluation import postprocess as P
+from sedlib.evaluation import score_tables as S
 
 HOP = 0.064
 CLASSES = ["alarm", "dog", "speech"]
@@ -41,7 +42,7 @@ def synthetic_split(n_clips=8, noise=0.0, seed=0):
                 events.append((round(start * HOP, 3), round((start + length) * HOP, 3), label))
         logits = 6.0 * (target - 0.5) + noise * rng.standard_normal(target.shape)
         gt[clip], durations[clip] = sorted(events), 10.0
-        tables[clip] = P.score_table(P.probabilities(logits.T), CLASSES, HOP, 10.0)
+        tables[clip] = S.score_table(S.probabilities(logits.T), CLASSES, HOP, 10.0)
     return gt, durations, tables
 
 
@@ -190,7 +191,7 @@ def test_commands_and_evaluate_report_csebbs_beside_the_median_filter(tmp_path, 
         rows = [f"{c}.wav\t{on}\t{off}\t{label}" for c, events in gt.items() for on, off, label in events]
         (folder / "metadata.tsv").write_text("filename\tonset\toffset\tevent_label\n" + "\n".join(rows) + "\n")
         (folder / "durations.tsv").write_text("filename\tduration\n" + "".join(f"{c}.wav\t10.0\n" for c in gt))
-        P.write_score_dir(folder / "scores", tables)
+        S.write_score_dir(folder / "scores", tables)
         (folder / "scores" / ".snakemake_timestamp").touch()  # as in a directory() output of a rule
         return folder
 

@@ -16,6 +16,7 @@ from sedlib.features.frontends import build_frontends
 from sedlib.io import sha256_file
 from sedlib.models.atst_frame import ATSTFrame
 from sedlib.models.checkpoint import load_backbone, save_backbone
+from sedlib.models import pretrain
 from sedlib.models.pretrain import mean_average_precision
 
 SR = 16000
@@ -189,3 +190,27 @@ def test_pretrain_backbone_command(cache, split, config, tmp_path):
     assert load_backbone(paths[0]).hparams["embed_dim"] == 16
     # seeded: the same configuration gives the same weights
     assert all(torch.equal(saved[0]["state_dict"][k], saved[1]["state_dict"][k]) for k in saved[0]["state_dict"])
+
+
+@pytest.mark.parametrize("cache_bytes", [pretrain.CROP_CACHE_BYTES, 0])
+def test_tagging_crops_equal_normalising_every_batch(cache, config, monkeypatch, cache_bytes):
+    """Cached normalised crops (or none kept, with a zero budget) are bit-identical to normalising each batch's
+    stacked raw crops, the computation they replace; random offsets of the 14.7 s clip and a short clip too."""
+    monkeypatch.setattr(pretrain, "CROP_CACHE_BYTES", cache_bytes)
+    frontend = build_frontends(config["frontends"]).atst
+    n_patches, patch = 250, 4
+    targets = [np.random.default_rng(row).random((3, n // patch)).astype(np.float32) for row, n in enumerate(cache.n_atst)]
+    data = pretrain.TaggingData(cache, "atst", targets, True, frontend, n_patches * patch, patch)
+    generator, replay = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for rows in ([0, 1, 2, 3], [2, 2, 3], [2, 0], [1, 2, 3]):
+        feats, batch_targets = data.batch(np.array(rows), generator)
+        raw, expected_targets = [], []
+        for row in rows:
+            spare = max(0, int(cache.n_atst[row]) - n_patches * patch) // patch
+            offset = int(torch.randint(spare + 1, (1,), generator=replay)) if spare else 0
+            raw.append(cache.atst[row, :, offset * patch : (offset + n_patches) * patch])
+            cut = targets[row][:, offset : offset + n_patches]
+            expected_targets.append(np.pad(cut, ((0, 0), (0, n_patches - cut.shape[1]))))
+        assert torch.equal(feats, frontend.normalize(torch.from_numpy(np.stack(raw))))
+        assert torch.equal(batch_targets, torch.from_numpy(np.stack(expected_targets)))
+    assert (len(data._crops) > 0) == (cache_bytes > 0) and data._crop_bytes <= cache_bytes

@@ -16,6 +16,7 @@ from sedlib.evaluation import chunk_merge as C
 from sedlib.evaluation import maestro_metrics as MM
 from sedlib.evaluation import metrics as M
 from sedlib.evaluation import postprocess as P
+from sedlib.evaluation import score_tables as S
 from sedlib.evaluation.plots import configure_plot, metrics_table_html, roc_keys
 
 HOP = 0.25  # s, frame hop of the hand-made tables (divides the 5 s chunk hop: chunk grids coincide)
@@ -268,8 +269,8 @@ def test_joint_evaluation_scores_each_split_on_its_classes(tmp_path, maestro):
         (folder / "meta.tsv").write_text(header + "\n" + "\n".join(lines) + "\n")
         (folder / "durations.tsv").write_text("filename\tduration\n" + "".join(f"{c}.wav\t{d}\n" for c, d in durations.items()))
         files[ref] = {"metadata": str(folder / "meta.tsv"), "durations": str(folder / "durations.tsv")}
-    P.write_score_dir(tmp_path / "scores_desed", desed_tables)
-    P.write_score_dir(tmp_path / "scores_maestro", maestro_tables)
+    S.write_score_dir(tmp_path / "scores_desed", desed_tables)
+    S.write_score_dir(tmp_path / "scores_maestro", maestro_tables)
     scores = [{"iteration": 1, "model": model, "split": ref, "dir": str(tmp_path / f"scores_{ref.split('/')[0]}")}
               for model in ("a_stage1_teacher", "a_teacher") for ref in files]
     out, rocs = tmp_path / "eval_psds.json", tmp_path / "rocs.h5"

@@ -18,6 +18,7 @@ from sedlib.config import load_config
 from sedlib.data.labels import encode_strong
 from sedlib.evaluation import metrics as M
 from sedlib.evaluation import postprocess as P
+from sedlib.evaluation import score_tables as S
 from sedlib.io import sha256_json
 
 HOP = 0.064
@@ -63,7 +64,7 @@ def grid_tables(gt, dur, classes, noise=0.0, seed=0):
     for clip, events in gt.items():
         target = encode_strong(events, classes, int(np.ceil(dur[clip] / HOP)), HOP).T  # (frames, C)
         logits = 6.0 * (target - 0.5) + noise * rng.standard_normal(target.shape)
-        tables[clip] = P.score_table(P.probabilities(logits.T), classes, HOP, dur[clip])
+        tables[clip] = S.score_table(S.probabilities(logits.T), classes, HOP, dur[clip])
     return tables
 
 
@@ -233,7 +234,7 @@ def test_median_filter_matches_the_published_post_processing():
 def test_events_at_thresholds_equal_sed_scores_eval_decoding():
     rng = np.random.default_rng(1)
     classes = ["a", "b", "c"]
-    table = P.score_table(P.median_filter_scores(rng.random((156, 3)), [5, 5, 5]), classes, HOP, 10.0)
+    table = S.score_table(P.median_filter_scores(rng.random((156, 3)), [5, 5, 5]), classes, HOP, 10.0)
     thresholds = M.operating_thresholds(50)
     ours = P.events_at_thresholds(table, thresholds)
     for k, th in enumerate(thresholds):
@@ -244,10 +245,10 @@ def test_events_at_thresholds_equal_sed_scores_eval_decoding():
 
 
 def test_frame_timestamps_are_capped_at_the_duration():
-    stamps = P.frame_timestamps(66, HOP, 4.2)  # 66 frames of 64 ms = 4.224 s > 4.2 s
+    stamps = S.frame_timestamps(66, HOP, 4.2)  # 66 frames of 64 ms = 4.224 s > 4.2 s
     assert stamps[-1] == 4.2 and stamps[-2] == pytest.approx(65 * HOP)
     with pytest.raises(ValueError, match="past the audio duration"):
-        P.frame_timestamps(67, HOP, 4.2)
+        S.frame_timestamps(67, HOP, 4.2)
 
 
 def test_evaluate_command_writes_the_documented_json(tmp_path, devtest, repo_root):
@@ -264,7 +265,7 @@ def test_evaluate_command_writes_the_documented_json(tmp_path, devtest, repo_roo
     dur_file.write_text("filename\tduration\n" + "".join(f"{c}.wav\t{durations[c]}\n" for c in [*clips, empty]))
     sub_gt = {c: gt[c] for c in clips}
     tables = grid_tables({**sub_gt, empty: []}, durations, classes, noise=2.0)
-    P.write_score_dir(tmp_path / "scores", tables)
+    S.write_score_dir(tmp_path / "scores", tables)
     config = load_config(repo_root / "workflow_config.yaml")
     config["evaluation"]["bootstrap"] = {"n": 3, "seed": 0}
     config["evaluation"]["psds_eval_thresholds"] = 5

@@ -12,11 +12,15 @@ import pytest
 import torch
 import yaml
 from scipy.special import expit
+import pandas as pd
 from sed_scores_eval.base_modules.io import read_sed_scores, write_sed_scores
+from sed_scores_eval.base_modules.scores import create_score_dataframe, validate_score_dataframe
 
 from sedlib.cli import main
 from sedlib.data.labels import n_output_frames
-from sedlib.evaluation.postprocess import probabilities, read_score_dir, score_table, score_table_text, write_score_dir
+from sedlib.evaluation.postprocess import read_score_dir
+from sedlib.evaluation.score_tables import (check_score_table, frame_timestamps, probabilities, score_table, score_table_text,
+                                            write_score_dir)
 from sedlib.evaluation.scoring import load_predictor, load_wave, score_ensemble
 from sedlib.devices import resolve_device
 from sedlib.models.windowing import predict_clip, predict_clips
@@ -201,3 +205,30 @@ def test_score_table_text_is_byte_identical_to_sed_scores_eval(tmp_path):
     with pytest.raises(ValueError, match="clip bad: score table: non-finite"):
         write_score_dir(tmp_path / "scores", {"good": table.fillna(0.5), "bad": table})
     assert not (tmp_path / "scores").exists()  # all or nothing
+
+
+def test_score_table_equals_sed_scores_eval_and_the_check_agrees_with_its_validation():
+    """score_table builds exactly create_score_dataframe's frame; check_score_table accepts and rejects the
+    tables that sed_scores_eval's validate_score_dataframe accepts and rejects (and also refuses NaN)."""
+    rng = np.random.default_rng(1)
+    scores, classes = rng.random((40, 3)), ["Cat", "Dog", "Speech"]
+    table = score_table(scores, classes, 0.064, 2.5)
+    pd.testing.assert_frame_equal(table, create_score_dataframe(scores, frame_timestamps(40, 0.064, 2.5), classes),
+                                  check_exact=True)  # fmt: skip
+    assert validate_score_dataframe(table)[1] == classes and check_score_table(table).shape == (40, 5)
+    broken = {
+        "renamed": table.rename(columns={"onset": "start"}),
+        "no class": table[["onset", "offset"]],
+        "zero length": table.assign(offset=table["onset"]),
+        "gap": table.assign(onset=table["onset"] + np.r_[0.0, np.full(39, 0.01)]),
+    }
+    for name, bad in broken.items():
+        with pytest.raises((ValueError, AssertionError)):
+            validate_score_dataframe(bad)
+        with pytest.raises(ValueError, match="score table: "):
+            check_score_table(bad)
+    for bad in (table.to_numpy(), table.assign(Cat=np.nan)):
+        with pytest.raises(ValueError, match="score table: "):
+            check_score_table(bad)
+    with pytest.raises(ValueError, match=r"expected \(frames, 2\) scores"):
+        score_table(scores, classes[:2], 0.064, 2.5)

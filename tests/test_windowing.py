@@ -116,7 +116,7 @@ def test_real_long_recording(repo_root, long_recording):
 
 
 def test_a_clip_of_an_exact_multiple_of_the_output_hop_has_no_frame_starting_at_its_end():
-    from sedlib.evaluation.postprocess import frame_timestamps
+    from sedlib.evaluation.score_tables import frame_timestamps
 
     assert n_output_frames(10.0, 256, 16000, 4) == 156 and n_output_frames(10.0, 1024, 16000, 1) == 157
     n = n_output_frames(7.68, 1024, 16000, 1)  # the last, partial MAESTRO chunk of a 77.68 s recording

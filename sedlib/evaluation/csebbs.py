@@ -28,7 +28,8 @@ import pandas as pd
 
 from sedlib.evaluation.metrics import (SCENARIOS, clips_with_events, psds, read_durations, read_ground_truth,
                                       require_every_class)
-from sedlib.evaluation.postprocess import read_score_dir, select_classes, table_classes, write_score_dir
+from sedlib.evaluation.postprocess import read_score_dir, select_classes, table_classes
+from sedlib.evaluation.score_tables import write_score_dir
 from sedlib.io import sha256_file, write_json
 
 FORMAT = "sedlib.csebbs/1"

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from sedlib.data.resample import read_mono, resample_mono
-from sedlib.evaluation.postprocess import probabilities, score_table, write_score_dir
+from sedlib.evaluation.score_tables import probabilities, score_table, write_score_dir
 from sedlib.features.frontends import Frontends, build_frontends
 from sedlib.io import sha256_file
 from sedlib.options import paired_lengths

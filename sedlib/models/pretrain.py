@@ -43,6 +43,8 @@ from sedlib.models.checkpoint import save_backbone
 log = logging.getLogger(__name__)
 
 VAL_EVERY_EPOCHS = 4  # held-out mAP in the log; every epoch cost ~7 % of an epoch on the embedded default
+CROP_CACHE_BYTES = 1 << 30  # normalised crops kept in memory (TaggingData): 410 MB on the embedded default, well
+                            # inside the pretrain_backbone rule's mem_mb (4000)
 
 
 def read_targets(
@@ -112,13 +114,34 @@ class FrameTagger(nn.Module):
 
 
 class TaggingData:
-    """Normalised 10 s crops of the cached features of one stream, with their clip or frame targets."""
+    """Normalised 10 s crops of the cached features of one stream, with their clip or frame targets.
+
+    A normalised crop depends only on its clip and offset (every frontend normalises per clip), so each one is
+    computed once and kept in memory up to ``CROP_CACHE_BYTES``; the embedded tagging split (1600 clips, each
+    exactly 10 s, so one crop each) fits. Values are bit-identical to normalising every batch anew, which took
+    4.3 of 5.3 ms a batch of 16 (2 threads) and about 10 s of the embedded pretraining.
+    """
 
     def __init__(self, cache: FeatureCache, stream: str, targets: list[np.ndarray], strong: bool,
                  frontend: MelFrontend, clip_frames: int, patch_frames: int):  # fmt: skip
         self.mel, self.n_frames = cache.mel(stream), cache.n_frames(stream)
         self.targets, self.strong, self.frontend = targets, strong, frontend
         self.clip_frames, self.patch_frames = clip_frames, patch_frames
+        self._crops: dict[tuple[int, int], torch.Tensor] = {}
+        self._crop_bytes = 0
+
+    def crop(self, row: int, start: int) -> torch.Tensor:
+        """Normalised features (n_mels, clip_frames) of clip ``row`` from frame ``start``."""
+        cached = self._crops.get((row, start))
+        if cached is not None:
+            return cached
+        # a copy: the cache is a read-only memory map
+        mel = np.array(self.mel[row, :, start : start + self.clip_frames], dtype=np.float32)
+        crop = self.frontend.normalize(torch.from_numpy(mel)[None])[0]
+        if self._crop_bytes + crop.nbytes <= CROP_CACHE_BYTES:
+            self._crops[(row, start)] = crop
+            self._crop_bytes += crop.nbytes
+        return crop
 
     def batch(self, rows: np.ndarray, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Features (b, n_mels, clip_frames) cropped at a random whole-patch offset (offset 0 without generator),
@@ -130,15 +153,14 @@ class TaggingData:
             offset = 0
             if generator is not None and spare:
                 offset = int(torch.randint(spare + 1, (1,), generator=generator))
-            start = offset * self.patch_frames
-            crops.append(self.mel[row, :, start : start + self.clip_frames])
+            crops.append(self.crop(int(row), offset * self.patch_frames))
             target = self.targets[row]
             if self.strong:
                 target = target[:, offset : offset + n_patches]
-                target = np.pad(target, ((0, 0), (0, n_patches - target.shape[1])))
+                if target.shape[1] < n_patches:
+                    target = np.pad(target, ((0, 0), (0, n_patches - target.shape[1])))
             targets.append(target)
-        feats = torch.from_numpy(np.stack(crops).astype(np.float32, copy=False))
-        return self.frontend.normalize(feats), torch.from_numpy(np.stack(targets))
+        return torch.stack(crops), torch.from_numpy(np.stack(targets))
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Frame BCE (strong) or BCE of the mean frame logit (weak); frames past a short clip's end count as

@@ -32,7 +32,8 @@ import torch
 
 from sedlib.config import STRONG_ROLES
 from sedlib.evaluation.metrics import SCENARIOS, clips_with_events, psds
-from sedlib.evaluation.postprocess import postprocess_table, score_table
+from sedlib.evaluation.postprocess import postprocess_table
+from sedlib.evaluation.score_tables import score_table
 from sedlib.features.frontends import build_frontends
 from sedlib.models.crnn import CRNN, SEDOutput
 from sedlib.training import losses
