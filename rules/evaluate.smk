@@ -137,7 +137,7 @@ rule plot:
     params:
         cfg=as_json(activity_settings()),
         model_dir=lambda w, output: os.path.dirname(os.path.dirname(output.models[0])),
-    threads: 1
+    threads: 2  # processes drawing figures (it is the last job: the other core is free)
     resources:
         mem_mb=4000,
     log:
@@ -150,4 +150,4 @@ rule plot:
         "python -m sedlib plot --eval-json {input.json} --roc-file {input.rocs} --comparison-out {output.comparison}"
         " --model-plot-dir {params.model_dir} --table-out {output.table} --activity-scores {input.scores}"
         " --activity-metadata {input.metadata} --activity-durations {input.durations}"
-        " --activity-out {output.activity} --config-json {params.cfg:q} > {log} 2>&1"
+        " --activity-out {output.activity} --config-json {params.cfg:q} --jobs {threads} > {log} 2>&1"

@@ -4,6 +4,7 @@ on its dataset's classes, mpAUC of a soft split) in eval_psds.json. Tiny hand-ma
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -304,7 +305,11 @@ def test_joint_evaluation_scores_each_split_on_its_classes(tmp_path, maestro):
     page = metrics_table_html(doc)
     assert "MAESTRO: mpAUC per class" in page and f"{entry['mpauc']['per_class']['birds']:.3f}" in page
     plot = configure_plot(argparse.ArgumentParser())
-    assert plot(argparse.Namespace(eval_json=str(out), roc_file=str(rocs), comparison_out=str(tmp_path / "cmp.png"),
-                                   model_plot_dir=str(tmp_path / "models"), table_out=str(tmp_path / "table.html"),
-                                   activity_out=[], config_json=json.dumps(config["evaluation"]))) == 0
-    assert (tmp_path / "models" / "iter1" / "a_teacher.png").is_file() and (tmp_path / "table.html").is_file()
+    for jobs in (1, 2):  # figures drawn in worker processes are the same files
+        folder = tmp_path / f"plots{jobs}"
+        assert plot(argparse.Namespace(eval_json=str(out), roc_file=str(rocs), comparison_out=str(folder / "cmp.png"),
+                                       model_plot_dir=str(folder / "models"), table_out=str(folder / "table.html"),
+                                       activity_out=[], config_json=json.dumps(config["evaluation"]), jobs=jobs)) == 0
+    figures = sorted(p.relative_to(tmp_path / "plots1") for p in (tmp_path / "plots1").rglob("*.png"))
+    assert Path("models/iter1/a_teacher.png") in figures and (tmp_path / "plots2" / "table.html").is_file()
+    assert all((tmp_path / "plots1" / f).read_bytes() == (tmp_path / "plots2" / f).read_bytes() for f in figures)

@@ -93,7 +93,7 @@ class Stage2Module(Stage1Module):
             self_loss = consistency * weight
         distillation = self.distillation(student, mixed, mask)
         loss = supervised + self_loss + self.distil_weight * distillation
-        self.log_train(len(crnn_s), loss=loss, supervised=supervised, consistency=consistency,
+        self.log_train(batch_idx, len(crnn_s), loss=loss, supervised=supervised, consistency=consistency,
                        consistency_weight=weight, distillation=distillation)  # fmt: skip
         return loss
 
