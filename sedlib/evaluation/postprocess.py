@@ -25,9 +25,10 @@ def table_classes(table: pd.DataFrame) -> list[str]:
 def select_classes(table: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     """The score table with only the class columns ``classes`` (in that order), e.g. one dataset's classes of a
     joint model's table. Raises ValueError naming the missing classes."""
-    missing = [c for c in classes if c not in table_classes(table)]
+    available = table_classes(table)
+    missing = [c for c in classes if c not in available]
     if missing:
-        raise ValueError(f"score table: no column for classes {missing} (has {table_classes(table)})")
+        raise ValueError(f"score table: no column for classes {missing} (has {available})")
     return table[["onset", "offset", *classes]]
 
 
