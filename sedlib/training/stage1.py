@@ -225,13 +225,14 @@ class Stage1Module(L.LightningModule):
         ``train/<name>_step`` and ``lr/<group>`` on the steps the loggers write (every ``log_every_n_steps``),
         ``train/<name>_epoch`` (the mean weighted by clips) at the epoch's last batch, so that callbacks see it at
         the epoch's end. Lightning's ``self.log`` costs far more than these sums: calling it for every term at
-        every step made a stage-1 job about 4 % slower (docs/training.md).
+        every step made a stage-1 job about 2 % slower (docs/training.md).
         """
         for name, value in terms.items():
             total = torch.as_tensor(value, dtype=torch.float32).detach() * batch_size
             self._epoch_sums[name] = self._epoch_sums[name] + total if name in self._epoch_sums else total
         self._epoch_clips += batch_size
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # Lightning's test, before the step
+        every_n = self.trainer.log_every_n_steps  # 0: no step values
+        if every_n and (self.global_step + 1) % every_n == 0:  # Lightning's test, here before the optimizer step
             for name, value in terms.items():
                 self.log(f"train/{name}_step", value, on_step=True, on_epoch=False, prog_bar=name == "loss",
                          batch_size=batch_size)  # fmt: skip
